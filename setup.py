@@ -1,0 +1,49 @@
+"""UniEmoX: cross-modal semantic-guided pretraining for scene emotion perception.
+
+torch and torchvision are deliberately unpinned here: a machine that already has a
+(CUDA) torch keeps it. `launch/install.sh` installs a known-good pair where none works.
+"""
+from setuptools import find_packages, setup
+
+VERSION = "0.1.0"
+
+# mediapipe 0.10.21 pins numpy<2, jax and opencv-contrib in its metadata; launch/install.sh
+# installs it with --no-deps plus the packages below (DESIGN.md, verified together).
+DETECT = ["absl-py", "attrs", "flatbuffers", "protobuf>=4.25.3,<5",
+          "opencv-python-headless<5", "matplotlib", "sounddevice"]
+
+setup(
+    name="uniemox",
+    version=VERSION,
+    description="UniEmoX pretraining (MAE + CLIP distillation) for visual emotion perception",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["uniemox", "uniemox.*"]) + ["uniemox.kernels", "uniemox.launch"],
+    package_dir={"uniemox": "uniemox", "uniemox.kernels": "kernels",
+                 "uniemox.launch": "launch"},
+    package_data={"uniemox": ["assets/*"]},
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "numpy",
+        "pillow",
+        "pyyaml",
+        "tqdm",
+        "safetensors",
+        "timm>=1.0",
+        "open-clip-torch>=2.24",
+        "webdataset>=0.2.86",
+        "deepspeed>=0.14",
+        "tensorboard>=2.14,<2.21",  # 2.21 needs protobuf>=5, which breaks mediapipe
+        "triton; platform_system=='Linux'",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "scikit-image", "scikit-learn", "matplotlib"] + DETECT,
+        "detect": DETECT,
+        "gpu": ["xformers"],
+    },
+    entry_points={"console_scripts": [
+        "uniemox-pretrain = uniemox.launch.pretrain:main",
+    ]},
+)
