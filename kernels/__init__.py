@@ -8,12 +8,13 @@ This package knows only torch and triton.
 from .dispatch import resolve_impl, triton_available
 from .patches import patchify, unpatchify
 from .masking import random_masking, random_masking_reference, unmask_tokens, unmask_tokens_reference
-from .reconstruction import masked_reconstruction_loss, masked_reconstruction_loss_reference
+from .reconstruction import (masked_patch_mse, masked_reconstruction_loss,
+                             masked_reconstruction_loss_reference)
 from .distillation import distillation_losses, distillation_losses_reference
 
 __all__ = [
     "resolve_impl", "triton_available", "patchify", "unpatchify",
     "random_masking", "random_masking_reference", "unmask_tokens", "unmask_tokens_reference",
-    "masked_reconstruction_loss", "masked_reconstruction_loss_reference",
+    "masked_patch_mse", "masked_reconstruction_loss", "masked_reconstruction_loss_reference",
     "distillation_losses", "distillation_losses_reference",
 ]

@@ -1,0 +1,155 @@
+"""Loading foreign checkpoints into UniEmoX models, safely and loudly.
+
+Accepted layouts (all read with ``torch.load(weights_only=True)`` or safetensors, so a file
+can never run code):
+  * facebookresearch/mae: ``{"model": state_dict}``, encoder-only or with the decoder;
+  * the UniEmoX release: ``{"model": ..., "att_fusion": ...}``, keys possibly ``module.``-prefixed;
+  * timm ViT weights (``patch_embed.proj``, ``blocks.N``, ``norm``, ``head`` ...): the encoder;
+  * a bare state dict, or DeepSpeed's ``{"module": ...}``.
+Keys that the target lacks, and target keys the file lacks, are returned in a ``LoadReport``
+and logged, never dropped silently.
+"""
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from uniemox.errors import UserError
+
+logger = logging.getLogger(__name__)
+StateDict = Dict[str, torch.Tensor]
+# Fixed sin-cos tables: when a file's grid differs (another image size), our own table is kept.
+_FIXED_TABLES = ("pos_embed", "decoder_pos_embed")
+# Parts of a classifier checkpoint that a pretraining model has no place for, and vice versa.
+_HEAD_KEYS = ("head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias")
+# Checkpoint parts beside "model" and the pretrainer submodule each one loads into.
+_EXTRA_PARTS = {"att_fusion": "fusion", "distill_proj": "distill_proj"}
+
+
+@dataclass
+class LoadReport:
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)      # in the model, not in the file
+    unexpected: List[str] = field(default_factory=list)   # in the file, not in the model
+    kept_own: List[str] = field(default_factory=list)     # fixed tables of another grid size
+
+    def summary(self) -> str:
+        def some(keys):
+            return ", ".join(keys[:6]) + (" ..." if len(keys) > 6 else "")
+        text = f"loaded {len(self.loaded)} tensors"
+        if self.missing:
+            text += f"; {len(self.missing)} missing from the file ({some(self.missing)})"
+        if self.unexpected:
+            text += f"; {len(self.unexpected)} not used ({some(self.unexpected)})"
+        if self.kept_own:
+            text += f"; kept own sin-cos table for {some(self.kept_own)}"
+        return text
+
+
+def read_checkpoint(path: str) -> Mapping:
+    """The raw object of a checkpoint file, loaded without executing code."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            return load_file(path, device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated zips, code-carrying pickles
+        raise UserError(f"cannot read checkpoint {path}: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def _strip(sd: Mapping, prefixes=("module.", "_orig_mod.")) -> StateDict:
+    out = {}
+    for key, value in sd.items():
+        for prefix in prefixes:
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def split_checkpoint(obj: Mapping) -> Tuple[StateDict, Dict[str, StateDict]]:
+    """-> (model state dict, extra parts) from any accepted layout; the extra parts are the
+    release's ``att_fusion`` and this project's ``distill_proj`` where present."""
+    if not isinstance(obj, Mapping):
+        raise UserError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
+    extras = {k: _strip(obj[k]) for k in _EXTRA_PARTS if isinstance(obj.get(k), Mapping)}
+    for key in ("model", "module", "state_dict", "model_state"):
+        if isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError("checkpoint does not hold a state dict of tensors under 'model', 'module', "
+                        "'state_dict' or at the top level")
+    return _strip(obj), extras
+
+
+def load_into(module: nn.Module, sd: StateDict, ignore_unexpected=()) -> LoadReport:
+    """Copy matching tensors into ``module``; shape mismatches are errors except for fixed tables."""
+    own = module.state_dict()
+    report = LoadReport()
+    usable = {}
+    for key, value in sd.items():
+        if key not in own:
+            if key not in ignore_unexpected:
+                report.unexpected.append(key)
+        elif own[key].shape != value.shape:
+            if key in _FIXED_TABLES:
+                report.kept_own.append(key)
+            else:
+                raise UserError(f"shape mismatch for {key}: file {tuple(value.shape)}, "
+                                f"model {tuple(own[key].shape)} (wrong model size?)")
+        else:
+            usable[key] = value
+    module.load_state_dict(usable, strict=False)
+    report.loaded = sorted(usable)
+    report.missing = sorted(set(own) - set(usable) - set(report.kept_own))
+    return report
+
+
+def load_pretrainer_checkpoint(pretrainer: nn.Module, path: str) -> LoadReport:
+    """MAE, release or timm weights into a ``UniEmoXPretrainer`` (encoder, decoder, fusion, projection)."""
+    model_sd, extras = split_checkpoint(read_checkpoint(path))
+    if any(k.startswith("model.") for k in model_sd):  # this project's own pretrainer state dict
+        report = load_into(pretrainer, model_sd)
+    else:
+        report = load_into(pretrainer.model, model_sd, ignore_unexpected=_HEAD_KEYS)
+        for part, attr in _EXTRA_PARTS.items():
+            target = getattr(pretrainer, attr)
+            if target is None:
+                report.unexpected += [f"{part}.{k}" for k in extras.get(part, {})]
+                continue
+            sub = load_into(target, extras.get(part, {}))
+            report.loaded += [f"{attr}.{k}" for k in sub.loaded]
+            report.missing += [f"{attr}.{k}" for k in sub.missing]
+            report.unexpected += [f"{part}.{k}" for k in sub.unexpected]
+    logger.info("%s: %s", path, report.summary())
+    return report
+
+
+def load_encoder_checkpoint(encoder: nn.Module, path: str) -> LoadReport:
+    """Encoder weights (from any accepted layout) into a ``VisionTransformer``; decoder keys of a
+    pretraining checkpoint are expected and not reported."""
+    model_sd, _ = split_checkpoint(read_checkpoint(path))
+    if any(k.startswith("model.") for k in model_sd):  # this project's own pretrainer state dict
+        model_sd = {k[len("model."):]: v for k, v in model_sd.items() if k.startswith("model.")}
+    decoder = [k for k in model_sd if k.startswith(("decoder_", "mask_token"))]
+    report = load_into(encoder, model_sd, ignore_unexpected=decoder)
+    logger.info("%s: %s", path, report.summary())
+    return report
+
+
+def mae_checkpoint(pretrainer: nn.Module) -> dict:
+    """The release's layout, ``{"model": MAE keys, "att_fusion": fusion keys}``, plus
+    ``"distill_proj"`` when the CLS projection is not the decoder's input Linear (fp32, CPU)."""
+    def cpu(module):
+        return {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
+    out = {"model": cpu(pretrainer.model), "att_fusion": cpu(pretrainer.fusion)}
+    if pretrainer.distill_proj is not None:
+        out["distill_proj"] = cpu(pretrainer.distill_proj)
+    return out

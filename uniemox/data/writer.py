@@ -1,0 +1,154 @@
+"""Write a `SourceSet` as WebDataset tar shards plus a manifest.
+
+Per sample (README, "Sample format"): ``__key__``, ``jpg`` (the original bytes unless the
+image was resized or was not a JPEG) and ``json`` with label, label_name, dataset,
+attributes, person_box ([x0, y0, x1, y1] in pixels of the STORED image, or null),
+box_source and size. Decoding, resizing and person detection run in worker processes
+(spawned: mediapipe's threads do not survive fork); the main process only writes.
+"""
+import io
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import Counter
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+from tqdm import tqdm
+
+from .. import __version__
+from ..errors import UserError
+from .detector import build_detector
+from .manifest import FORMAT, MANIFEST, VERSION, describe_shards, shard_name, write_manifest
+from .sources import Record, SourceSet
+from .splits import SPLITS
+
+JPEG_QUALITY = 95
+_DETECTOR = None  # one per worker process
+
+
+def prepare_image(path: str, max_side: int) -> Tuple[bytes, Image.Image, float]:
+    """(stored JPEG bytes, decoded RGB image, scale original->stored).
+
+    Resized (bicubic) so the SHORT side is max_side when it is longer; max_side=0 keeps
+    the original size. The original bytes are kept when the file is a JPEG and no resize
+    is needed; anything else is re-encoded as JPEG.
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    img = Image.open(io.BytesIO(raw))
+    fmt = img.format
+    w, h = img.size
+    scale = 1.0
+    if max_side and min(w, h) > max_side:
+        scale = max_side / min(w, h)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        img.draft("RGB", size)  # JPEG: decode at a reduced DCT scale that is still >= size
+        img = img.convert("RGB").resize(size, Image.BICUBIC, reducing_gap=3.0)
+    else:
+        img = img.convert("RGB")  # full decode: a corrupt file fails here, not in training
+    if scale == 1.0 and fmt == "JPEG":
+        return raw, img, scale
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue(), img, scale
+
+
+def _scale_box(box: Optional[Sequence[float]], scale: float, size: Tuple[int, int]) -> Optional[List[float]]:
+    if box is None:
+        return None
+    w, h = size
+    x0, y0, x1, y1 = (min(max(v * scale, 0.0), lim) for v, lim in zip(box, (w, h, w, h)))
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        return None
+    return [round(x0, 2), round(y0, 2), round(x1, 2), round(y1, 2)]
+
+
+def _init_worker(detector: str, weights: Optional[str]) -> None:
+    global _DETECTOR
+    try:
+        import torch
+        torch.set_num_threads(1)  # one process per core already
+    except ImportError:
+        pass
+    _DETECTOR = build_detector(detector, weights)
+
+
+def process_record(rec: Record, max_side: int) -> Dict:
+    """Decode, resize, find the person box; an unreadable image gives {'error': ...}."""
+    try:
+        data, img, scale = prepare_image(rec.path, max_side)
+    except Exception as e:  # unreadable images are skipped and counted, never fatal
+        return {"key": rec.key, "error": f"{rec.path}: {type(e).__name__}: {e}"}
+    score = None
+    if rec.box_from_annotation:
+        box, source = _scale_box(rec.person_box, scale, img.size), "annotation"
+    elif _DETECTOR is not None:
+        found = _DETECTOR(np.asarray(img))
+        box, source = (_scale_box(found[0], 1.0, img.size), _DETECTOR.name) if found else (None, _DETECTOR.name)
+        score = round(found[1], 4) if found else None
+    else:
+        box, source = None, "none"
+    meta = {"label": rec.label, "label_name": rec.label_name, "attributes": rec.attributes,
+            "person_box": box, "box_source": source, "box_score": score, "size": list(img.size)}
+    if rec.labels is not None:
+        meta.update(labels=rec.labels, label_names=rec.label_names)
+    return {"key": rec.key, "jpg": data, "meta": meta}
+
+
+def _results(records: List[Record], max_side: int, detector: str, weights: Optional[str], workers: int):
+    args = [(r, max_side) for r in records]
+    if workers <= 0:
+        _init_worker(detector, weights)
+        yield from (process_record(*a) for a in args)
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(detector, weights)) as pool:
+        yield from pool.starmap(process_record, args, chunksize=1) if len(args) < 4 * workers \
+            else pool.imap(_star, args, chunksize=4)
+
+
+def _star(a):
+    return process_record(*a)
+
+
+def write_shards(source: SourceSet, out_dir: str, shard_size: int = 1000, max_side: int = 256,
+                 detector: str = "mediapipe", detector_weights: Optional[str] = None,
+                 num_workers: Optional[int] = None, progress: bool = True) -> Dict:
+    """Write `source` to OUT/{split}-NNNNNN.tar and OUT/manifest.json; returns the manifest."""
+    if shard_size < 1:
+        raise UserError(f"--shard-size must be >= 1, got {shard_size}")
+    if max_side < 0:
+        raise UserError(f"--max-side must be >= 0, got {max_side}")
+    if os.path.exists(os.path.join(out_dir, MANIFEST)) or \
+            (os.path.isdir(out_dir) and any(f.endswith(".tar") for f in os.listdir(out_dir))):
+        raise UserError(f"{out_dir} already holds shards: choose an empty output folder")
+    needs_detector = any(not r.box_from_annotation for r in source.records)
+    det = build_detector(detector if needs_detector else "none", detector_weights)  # fail here, not in a worker
+    det_info = {"name": det.name, "version": det.version} if det else {"name": "none"}
+    if det:
+        det.close()
+    os.makedirs(out_dir, exist_ok=True)
+    workers = min(os.cpu_count() or 1, 8) if num_workers is None else num_workers
+    order = {s: i for i, s in enumerate(SPLITS)}
+    records = sorted(source.records, key=lambda r: (order.get(r.split, 9), r.split, r.key))
+
+    writers: Dict[str, wds.ShardWriter] = {}
+    count, per_class, boxed = Counter(), {s: Counter() for s in SPLITS}, Counter()
+    box_sources, errors = Counter(), []
+    t0 = time.time()
+    bar = tqdm(total=len(records), desc="shards", unit="img", disable=not progress, file=sys.stderr)
+    for res in _results(records, max_side, detector if needs_detector else "none", detector_weights, workers):
+        bar.update(1)
+        if "error" in res:
+            errors.append(res["error"])
+            continue
+        rec_split = next_split = res["meta"]["label"]  # placeholder replaced below
+        del rec_split, next_split
+        split = _split_of[res["key"]] if False else None  # noqa  (kept simple below)
+        break
+    bar.close()
+    raise NotImplementedError

@@ -1,0 +1,7 @@
+"""UniEmoX losses (METHOD §2), one file each; total = L1 + L2 + L3 with unit weights."""
+from .components import LOSS_COMPONENTS, parse_components
+from .distillation import distillation_losses
+from .reconstruction import reconstruction_loss, reconstruction_loss_from_images
+
+__all__ = ["LOSS_COMPONENTS", "parse_components", "distillation_losses",
+           "reconstruction_loss", "reconstruction_loss_from_images"]

@@ -1,0 +1,75 @@
+"""Named model sizes (METHOD §4) and the constructors that build them.
+
+One name serves the pretrainer (encoder + MAE decoder + fusion) and the encoder alone
+(fine-tuning): ``create_pretrainer("uniemox_vit_base_patch16")``, ``create_encoder(...)``.
+"""
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Dict, List
+
+from uniemox.errors import UserError
+
+
+@dataclass(frozen=True)
+class Arch:
+    embed_dim: int
+    depth: int
+    num_heads: int
+    patch_size: int = 16
+    img_size: int = 224
+    mlp_ratio: float = 4.0
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+
+    def encoder_kwargs(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if not k.startswith("decoder_")}
+
+    def decoder_kwargs(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k.startswith("decoder_")}
+
+
+_REGISTRY: Dict[str, Arch] = {}
+
+
+def register_model(name: str, arch: Arch) -> Arch:
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = arch
+    return arch
+
+
+def list_models() -> List[str]:
+    return sorted(_REGISTRY)
+
+
+def get_arch(name: str, **overrides) -> Arch:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+    arch = _REGISTRY[name]
+    unknown = set(overrides) - set(asdict(arch))
+    if unknown:
+        raise UserError(f"unknown architecture override(s) {sorted(unknown)} for {name}; "
+                        f"valid: {sorted(asdict(arch))}")
+    return replace(arch, **overrides)
+
+
+# The paper's sizes; the MAE decoder is 512 wide, 8 blocks, 16 heads. The small sizes, for
+# tests and CPU runs, get a lighter decoder (its width need not match the teacher: a separate
+# projection then maps the CLS token to the teacher's width).
+_SMALL_DECODER = dict(decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8)
+register_model("uniemox_vit_tiny_patch16", Arch(192, 12, 3, **_SMALL_DECODER))
+register_model("uniemox_vit_small_patch16", Arch(384, 12, 6, **_SMALL_DECODER))
+register_model("uniemox_vit_base_patch16", Arch(768, 12, 12))
+register_model("uniemox_vit_large_patch16", Arch(1024, 24, 16))
+register_model("uniemox_vit_huge_patch14", Arch(1280, 32, 16, patch_size=14))
+
+
+def create_encoder(name: str = "uniemox_vit_base_patch16", *, num_classes: int = 0,
+                   global_pool: str = "avg", drop_path_rate: float = 0.0,
+                   attn_backend: str = "auto", **arch_overrides):
+    """The encoder alone (fine-tuning, probing, export): a timm-style ``VisionTransformer``."""
+    from .vit import VisionTransformer
+
+    arch = get_arch(name, **arch_overrides)
+    return VisionTransformer(**arch.encoder_kwargs(), num_classes=num_classes, global_pool=global_pool,
+                             drop_path_rate=drop_path_rate, attn_backend=attn_backend)
