@@ -1,0 +1,271 @@
+"""UniEmoX pretraining: MAE reconstruction + distillation from a frozen CLIP teacher.
+
+    deepspeed launch/pretrain.py --deepspeed configs/zero2.json                 # embedded sample set
+    deepspeed launch/pretrain.py --deepspeed configs/zero2.json --config configs/pretrain_emoset.yaml \
+        teacher.weights=ViT-B-16.pt data.shards='/data/emoset/train-{000000..000099}.tar'
+    deepspeed --hostfile hosts --num_nodes 4 --num_gpus 8 launch/pretrain.py --deepspeed configs/zero2.json ...
+    python launch/pretrain.py --export runs/x/checkpoints/step_00001000 runs/x/export
+
+Reads top to bottom; the pieces live in uniemox/ (config, models, data, train).
+"""
+import argparse
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from uniemox.config import load_config, read_yaml, save_config, to_dict, apply_overrides
+from uniemox.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+logger = logging.getLogger("uniemox.pretrain")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="uniemox-pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Overrides: any run-config field as section.key=value, e.g. model.name=uniemox_vit_base_patch16 "
+               "model.mask_ratio=0.9 data.batch_size=128 optim.epochs=100 checkpoint.every=1000. "
+               "See uniemox/train/pretrain_config.py for every field and its default.")
+    p.add_argument("--deepspeed", dest="ds_config", default=str(REPO / "configs" / "zero2.json"),
+                   help="DeepSpeed JSON (configs/zero{0,1,2,3}.json, zero2_offload.json); default: zero2")
+    p.add_argument("--config", help="run config YAML (defaults < this file < overrides)")
+    p.add_argument("--resume", help="'auto' (newest complete checkpoint of the run dir) or a checkpoint dir")
+    p.add_argument("--init", help="initialise from a facebookresearch/mae or UniEmoX release checkpoint")
+    p.add_argument("--teacher-weights", help="CLIP weights file (OpenAI or open_clip layout)")
+    p.add_argument("--run-dir", help="where logs, reconstructions and checkpoints go")
+    p.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "OUT_DIR"),
+                   help="write fp32 safetensors of a checkpoint (also ZeRO-3) and exit")
+    p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the launcher
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+    return p.parse_args(argv)
+
+
+def build_config(args):
+    from uniemox.train.pretrain_config import SAMPLE_PRESET, PretrainConfig
+
+    overrides = list(args.overrides)
+    for flag, key in ((args.resume, "checkpoint.resume"), (args.init, "model.init"),
+                      (args.teacher_weights, "teacher.weights"), (args.run_dir, "log.run_dir")):
+        if flag:
+            overrides.append(f"{key}={flag}")
+    user = apply_overrides(read_yaml(args.config) if args.config else {}, overrides)
+    base = SAMPLE_PRESET if not user.get("data", {}).get("shards") else {}
+    return load_config(PretrainConfig, args.config, overrides, base=base), not base
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        if args.export:
+            return export_checkpoint(*args.export)
+        cfg, user_data = build_config(args)
+        train(cfg, args.ds_config, user_data)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+
+
+def export_checkpoint(tag_path, out_dir):
+    import json
+    from uniemox.train.export import export
+
+    run_config = os.path.join(os.path.dirname(os.path.dirname(tag_path.rstrip("/"))), "config.yaml")
+    cfg = read_yaml(run_config) if os.path.isfile(run_config) else {}
+    paths = export(tag_path, out_dir, {"run_config": cfg})
+    print(json.dumps(paths, indent=1))
+
+
+def train(cfg, ds_config_path, user_data):
+    from uniemox.convert import load_pretrainer_checkpoint
+    from uniemox.data import build_pretrain_loader, ensure_sample_shards, epoch_size
+    from uniemox.models import create_pretrainer, get_arch
+    from uniemox.models.flops import clip_forward_flops_of, uniemox_step_flops
+    from uniemox.models.teacher import CLIPTeacher
+    from uniemox.train.checkpoint import Checkpointer, find_resume
+    from uniemox.train.engine import (build_ds_config, build_engine, build_optimizer, init_distributed,
+                                      resolve_precision, zero_stage)
+    from uniemox.train.guard import (NonFiniteGuard, NonFiniteHalt, all_ranks_finite,
+                                     engine_checks_gradients, local_grad_norm)
+    from uniemox.train.metrics import MetricsWriter, StepTimer, device_peak_flops, peak_memory_gib
+    from uniemox.train.param_groups import decay_groups
+    from uniemox.train.schedule import lr_at, scaled_lr, set_lr
+    from uniemox.train.visualize import reconstruction_grid, save_grid
+
+    # -- processes, run directory, config ------------------------------------------------------
+    dist_info = init_distributed()
+    rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
+    run_dir = cfg.log.run_dir
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        save_config(cfg, os.path.join(run_dir, "config.yaml"))
+    precision = resolve_precision(cfg.train.precision, device)
+    torch.manual_seed(cfg.train.seed)
+
+    # -- data ----------------------------------------------------------------------------------
+    shards = cfg.data.shards if user_data else ensure_sample_shards(rank=rank)
+    arch = get_arch(cfg.model.name, **cfg.model.arch)
+    loader = build_pretrain_loader(shards, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                                   image_size=arch.img_size, shuffle_buffer=cfg.data.shuffle_buffer,
+                                   seed=cfg.data.seed, resampled=cfg.data.resampled, rank=rank,
+                                   world_size=world)
+
+    # -- teacher (frozen, outside the engine) and student ---------------------------------------
+    teacher = CLIPTeacher(cfg.teacher.model, pretrained=cfg.teacher.pretrained, weights=cfg.teacher.weights,
+                          device=device, precision=cfg.teacher.precision, input_norm=cfg.teacher.input_norm)
+    model = create_pretrainer(cfg.model.name, fusion=cfg.model.fusion, fusion_heads=cfg.model.fusion_heads,
+                              proj_dim=teacher.embed_dim, mask_ratio=cfg.model.mask_ratio,
+                              losses=cfg.model.losses, contrastive_scope=cfg.model.contrastive_scope,
+                              norm_pix_loss=cfg.model.norm_pix_loss, attn_backend=cfg.model.attn_backend,
+                              kernel_impl=cfg.model.kernels, **cfg.model.arch)
+    if cfg.model.init:
+        report = load_pretrainer_checkpoint(model, cfg.model.init)
+        if rank == 0:
+            logger.info("init from %s: %s", cfg.model.init, report.summary())
+    model.attach_teacher(teacher)
+
+    # -- optimisation ---------------------------------------------------------------------------
+    global_batch = cfg.data.batch_size * cfg.optim.grad_accum * world
+    base_lr = cfg.optim.lr if cfg.optim.lr is not None else scaled_lr(cfg.optim.blr, global_batch)
+    steps_per_epoch = None
+    if cfg.optim.max_steps > 0:
+        total_steps = cfg.optim.max_steps
+    else:
+        samples = epoch_size(shards)
+        if not samples:
+            raise UserError("optim.max_steps is 0 and the shards carry no manifest to count an epoch: "
+                            "set optim.max_steps")
+        steps_per_epoch = max(1, samples // global_batch)
+        total_steps = math.ceil(cfg.optim.epochs * steps_per_epoch)
+    warmup = cfg.optim.warmup_steps or (int(cfg.optim.warmup_epochs * steps_per_epoch) if steps_per_epoch else 0)
+    ds = build_ds_config(ds_config_path, micro_batch=cfg.data.batch_size, grad_accum=cfg.optim.grad_accum,
+                         world_size=world, grad_clip=cfg.optim.grad_clip, precision=precision)
+    optimizer = build_optimizer(decay_groups(model, cfg.optim.weight_decay), base_lr, cfg.optim.betas, ds, device)
+    engine, optimizer = build_engine(model, optimizer, ds)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+    # -- resume -----------------------------------------------------------------------------------
+    ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), cfg.checkpoint.keep, rank, world)
+    step, skipped_total = 0, 0
+    resume_tag = find_resume(ckpt.root, cfg.checkpoint.resume)
+    if resume_tag:
+        state = ckpt.load(engine, resume_tag if os.path.isabs(resume_tag) or os.sep in resume_tag
+                          else os.path.join(ckpt.root, resume_tag))
+        step, skipped_total = state["step"], state.get("skipped_steps", 0)
+        loader.load_state_dict(state["data"])
+
+    # -- reporting --------------------------------------------------------------------------------
+    flops = uniemox_step_flops(arch, cfg.model.mask_ratio, teacher.embed_dim,
+                               two_views=model.uses_person_view, decode="reconstruction" in model.components,
+                               teacher_forward=clip_forward_flops_of(cfg.teacher.model)).per_sample
+    peak = device_peak_flops(device)
+    writer = MetricsWriter(os.path.join(run_dir, "tb") if rank == 0 else None)
+    timer, guard = StepTimer(), NonFiniteGuard(cfg.train.max_nonfinite)
+    guard.total = skipped_total
+    bar = None
+    if rank == 0 and cfg.log.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total_steps, initial=step, desc="pretrain", dynamic_ncols=True)
+    if rank == 0:
+        logger.info("run dir %s | %d steps, global batch %d, lr %.2e, warm-up %d | %s, ZeRO-%d, %d rank(s) "
+                    "| TensorBoard: tensorboard --logdir %s", run_dir, total_steps, global_batch, base_lr,
+                    warmup, precision, zero_stage(ds), world, os.path.join(run_dir, "tb"))
+
+    def save(at_step):
+        return ckpt.save(engine, at_step, {"data": loader.state_dict(), "skipped_steps": guard.total},
+                  {"config": to_dict(cfg), "model": cfg.model.name})
+
+    # -- the loop ---------------------------------------------------------------------------------
+    batches = iter(loader)
+    sums, count = {}, 0
+    try:
+        while step < total_steps:
+            lr = lr_at(step, base_lr, warmup, total_steps, cfg.optim.min_lr)
+            set_lr(optimizer, lr)
+            step_skipped = False
+            for micro in range(cfg.optim.grad_accum):
+                batch = next(batches)
+                timer.data_ready()
+                scene = batch["scene"].to(device, dtype, non_blocking=True)
+                person = batch["person"].to(device, dtype, non_blocking=True)
+                # masking noise from (seed, step, micro, rank): a resumed run masks exactly the same way
+                gen = torch.Generator().manual_seed(((cfg.train.seed * 1_000_003 + step) * 64 + micro) * 4096 + rank)
+                n, length = scene.shape[0], (arch.img_size // arch.patch_size) ** 2
+                noise = torch.rand(2, n, length, generator=gen).to(device)
+                out = engine(scene, person, batch["text"], noise[0], noise[1])
+                loss = out["loss"]
+                if step in cfg.train.inject_nan_steps:
+                    loss = loss * float("nan")
+                if not all_ranks_finite(loss):
+                    step_skipped = True  # no backward: nothing of this batch reaches the gradients
+                    continue
+                engine.backward(loss)
+                boundary = engine.is_gradient_accumulation_boundary()
+                if boundary and not engine_checks_gradients(engine):
+                    norm = local_grad_norm(engine.module)  # fp32 ZeRO-0 would apply a NaN update
+                    if norm is not None and not torch.isfinite(norm):
+                        engine.zero_grad()
+                        step_skipped = True
+                        continue
+                engine.step()
+                if boundary and not engine.was_step_applied():
+                    step_skipped = True  # the engine found inf/NaN gradients and skipped the update
+                for key in ("loss", "reconstruction", "similarity", "contrastive"):
+                    if key in out:
+                        sums[key] = sums.get(key, 0.0) + float(out[key].detach())
+                count += 1
+            guard.record(step_skipped, step)
+            timer.step_done(cfg.data.batch_size * cfg.optim.grad_accum * world, device)
+            step += 1
+
+            if step % cfg.log.every == 0 or step == total_steps:
+                values = {f"loss/{k}": v / max(count, 1) for k, v in sums.items()}
+                values.update(timer.summary(flops, peak))
+                grad_norm = engine.get_global_grad_norm()
+                if grad_norm is not None:
+                    values["optim/grad_norm"] = float(grad_norm)
+                values.update({"optim/lr": lr, "health/skipped_steps": guard.total,
+                               "health/skipped_samples": float(getattr(loader, "skipped", 0))})
+                memory = peak_memory_gib(device)
+                if memory is not None:
+                    values["perf/peak_memory_gib"] = memory
+                writer.scalars(values, step)
+                if bar is not None:
+                    bar.set_postfix({"loss": f"{values.get('loss/loss', float('nan')):.4f}",
+                                     "lr": f"{lr:.2e}", "sps": f"{values['perf/samples_per_s']:.1f}",
+                                     "data": f"{values['perf/data_share']:.0%}", "skip": guard.total})
+                sums, count = {}, 0
+                timer.reset()
+            if bar is not None:
+                bar.update(1)
+            if rank == 0 and cfg.log.image_every and step % cfg.log.image_every == 0 and "pred" in out:
+                grid = reconstruction_grid(scene, out["pred"], out["mask"], arch.patch_size, cfg.model.norm_pix_loss)
+                os.makedirs(os.path.join(run_dir, "reconstructions"), exist_ok=True)
+                save_grid(grid, os.path.join(run_dir, "reconstructions", f"step_{step:08d}.png"))
+                writer.image("reconstruction", grid, step)
+            if step % cfg.checkpoint.every == 0 and step < total_steps:
+                save(step)
+    except NonFiniteHalt as halt:
+        if bar is not None:
+            bar.close()
+        writer.close()
+        if rank == 0:
+            print(f"error: {halt}", file=sys.stderr)
+        sys.exit(3)
+    last = save(step)
+    if bar is not None:
+        bar.close()
+    writer.close()
+    if rank == 0:
+        print(f"done: {step} steps, {guard.total} skipped.\n  TensorBoard:     tensorboard --logdir "
+              f"{os.path.join(run_dir, 'tb')}\n  reconstructions: {os.path.join(run_dir, 'reconstructions')}\n"
+              f"  checkpoint:      {last}\n  export:          python launch/pretrain.py --export {last} "
+              f"{os.path.join(run_dir, 'export')}")
+
+
+if __name__ == "__main__":
+    main()

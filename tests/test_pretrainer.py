@@ -1,0 +1,102 @@
+"""The whole UniEmoX step: two views through one encoder, fusion, a real (tiny, random)
+open_clip teacher, all three losses."""
+import pytest
+import torch
+
+from uniemox.data import build_prompt
+from uniemox.errors import UserError
+from uniemox.models import create_pretrainer
+from uniemox.models.teacher import CLIPTeacher
+
+ARCH = dict(img_size=32, depth=2, decoder_depth=1)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return CLIPTeacher("uniemox-clip-tiny", pretrained="none")
+
+
+def _batch(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scene = torch.randn(n, 3, 32, 32, generator=g)
+    person = torch.randn(n, 3, 32, 32, generator=g)
+    texts = [build_prompt(e, {"scene": "beach"}) for e in ("awe", "fear", "awe", "sadness")[:n]]
+    return scene, person, texts
+
+
+def _pretrainer(teacher, **kw):
+    torch.manual_seed(0)
+    m = create_pretrainer("uniemox_vit_tiny_patch16", **ARCH, proj_dim=teacher.embed_dim, **kw)
+    m.attach_teacher(teacher)
+    return m
+
+
+@pytest.mark.parametrize("fusion", ["easy", "weighted_sum", "dual_attention", "mlp_glu", "bilinear"])
+def test_step_losses_finite_and_gradients_reach_the_student_only(teacher, fusion):
+    m = _pretrainer(teacher, fusion=fusion)
+    out = m(*_batch())
+    assert {"loss", "reconstruction", "similarity", "contrastive"} <= set(out)
+    for key in ("loss", "reconstruction", "similarity", "contrastive"):
+        assert torch.isfinite(out[key]), key
+    torch.testing.assert_close(out["loss"], out["reconstruction"] + out["similarity"] + out["contrastive"])
+    out["loss"].backward()
+    grads = {n: p.grad for n, p in m.named_parameters() if p.requires_grad}
+    for prefix in ("model.blocks.0.attn.qkv.weight", "model.patch_embed.proj.weight",
+                   "model.decoder_blocks.0.mlp.fc1.weight", "model.decoder_pred.weight", "distill_proj.weight"):
+        assert grads[prefix] is not None and grads[prefix].abs().sum() > 0, prefix
+    fusion_grads = [g for n, g in grads.items() if n.startswith("fusion.") and g is not None]
+    assert fusion_grads and any(g.abs().sum() > 0 for g in fusion_grads)
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert not any(n.startswith(("_teacher", "teacher")) for n in m.state_dict())
+
+
+def test_step_in_bf16_autocast(teacher):
+    m = _pretrainer(teacher)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(*_batch())
+    assert all(torch.isfinite(out[k]) for k in ("loss", "reconstruction", "similarity", "contrastive"))
+    assert out["loss"].dtype == torch.float32
+    out["loss"].backward()
+    assert m.model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_text_as_prompts_tokens_or_embeddings_agree(teacher):
+    m = _pretrainer(teacher).eval()
+    scene, person, texts = _batch()
+    noise = torch.rand(4, 4), torch.rand(4, 4)
+    a = m(scene, person, texts, *noise)
+    tokens = teacher.tokenizer(texts) if hasattr(teacher, "tokenizer") else None
+    b = m(scene, person, teacher.encode_text(texts), *noise)
+    for key in ("reconstruction", "similarity", "contrastive"):
+        torch.testing.assert_close(a[key], b[key])
+    if tokens is not None:
+        c = m(scene, person, tokens, *noise)
+        torch.testing.assert_close(a["contrastive"], c["contrastive"])
+
+
+@pytest.mark.parametrize("losses,expected", [
+    ("reconstruction", {"reconstruction"}),
+    ("similarity", {"similarity"}),
+    ("contrastive,similarity", {"contrastive", "similarity"}),
+])
+def test_component_selection(teacher, losses, expected):
+    m = _pretrainer(teacher, losses=losses)
+    out = m(*_batch())
+    assert set(out) & {"reconstruction", "similarity", "contrastive"} == expected
+    torch.testing.assert_close(out["loss"], sum(out[k] for k in expected))
+    out["loss"].backward()
+    decoder_grad = m.model.decoder_pred.weight.grad
+    assert (decoder_grad is not None) == ("reconstruction" in expected)
+
+
+def test_without_fusion_the_person_view_is_not_needed(teacher):
+    m = _pretrainer(teacher, fusion="none")
+    scene, _, texts = _batch()
+    out = m(scene, None, texts)
+    assert torch.isfinite(out["loss"])
+
+
+def test_teacher_width_must_match(teacher):
+    m = create_pretrainer("uniemox_vit_tiny_patch16", **ARCH, proj_dim=512)
+    with pytest.raises(UserError, match="proj_dim=64"):
+        m.attach_teacher(teacher)

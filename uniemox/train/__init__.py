@@ -1,0 +1,1 @@
+"""Training components: engine set-up, schedule, checkpoints, metrics, the step."""

@@ -1,0 +1,134 @@
+"""Checkpoints that are either complete or ignored.
+
+Layout under ``<run_dir>/checkpoints``::
+
+    step_00000500/            DeepSpeed's files (model, ZeRO optimizer partitions)
+        trainer_rank{r}.pt    this rank's step, data position and RNG states (atomic write)
+        COMPLETE              written by rank 0 after every rank finished (JSON)
+    latest                    the newest complete tag (temp file + rename)
+
+A process killed mid-save leaves a directory without COMPLETE: resuming skips it, and the
+next successful save purges it. Only the newest ``keep`` complete checkpoints are kept.
+"""
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from uniemox.errors import UserError
+
+logger = logging.getLogger(__name__)
+_TAG = re.compile(r"^step_(\d{8})$")
+MARKER = "COMPLETE"
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_pos": random.getstate()[2],
+             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+             "numpy_pos": int(np.random.get_state()[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def complete_tags(root: str) -> List[str]:
+    """Tags with a COMPLETE marker, oldest first."""
+    if not os.path.isdir(root):
+        return []
+    tags = [t for t in os.listdir(root) if _TAG.match(t) and os.path.isfile(os.path.join(root, t, MARKER))]
+    return sorted(tags)
+
+
+def find_resume(root: str, resume: Optional[str]) -> Optional[str]:
+    """``auto``: the newest complete tag under ``root`` (None on a fresh run); a path: that tag."""
+    if not resume:
+        return None
+    if resume == "auto":
+        tags = complete_tags(root)
+        return tags[-1] if tags else None
+    path = resume.rstrip("/")
+    if not os.path.isfile(os.path.join(path, MARKER)):
+        raise UserError(f"--resume {resume}: not a complete checkpoint (no {MARKER} marker)")
+    return path
+
+
+class Checkpointer:
+    def __init__(self, root: str, keep: int, rank: int, world_size: int):
+        if keep < 1:
+            raise UserError(f"checkpoint.keep must be at least 1, got {keep}")
+        self.root, self.keep, self.rank, self.world_size = root, keep, rank, world_size
+        os.makedirs(root, exist_ok=True)
+
+    def save(self, engine, step: int, trainer_state: Dict[str, Any], meta: Dict[str, Any]) -> str:
+        """Collective: every rank must call it. Returns the tag directory."""
+        tag = tag_for(step)
+        path = os.path.join(self.root, tag)
+        if self.rank == 0 and os.path.isdir(path):
+            shutil.rmtree(path)  # a leftover of a killed save at this very step
+        dist.barrier()
+        engine.save_checkpoint(self.root, tag=tag, save_latest=False)
+        state = dict(trainer_state, step=step, rng=rng_state(), world_size=self.world_size)
+        tmp = os.path.join(path, f".trainer_rank{self.rank}.pt.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, os.path.join(path, f"trainer_rank{self.rank}.pt"))
+        dist.barrier()  # every rank's files are on disk before the marker
+        if self.rank == 0:
+            marker = dict(meta, step=step, world_size=self.world_size, time=time.time())
+            _atomic_write_text(os.path.join(path, MARKER), json.dumps(marker, indent=1))
+            _atomic_write_text(os.path.join(self.root, "latest"), tag)
+            self._purge(keep_tag=tag)
+        dist.barrier()
+        return path
+
+    def _purge(self, keep_tag: str) -> None:
+        complete = complete_tags(self.root)
+        for old in complete[:-self.keep]:
+            shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
+        for name in os.listdir(self.root):  # incomplete leftovers older than the newest complete
+            if _TAG.match(name) and name < keep_tag and name not in complete:
+                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+
+    def load(self, engine, tag_path: str) -> Dict[str, Any]:
+        """Restore the engine and this rank's trainer state; RNG states are set here."""
+        root, tag = os.path.split(tag_path.rstrip("/"))
+        loaded, _ = engine.load_checkpoint(root or self.root, tag=tag, load_module_strict=True)
+        if loaded is None:
+            raise UserError(f"DeepSpeed could not load checkpoint {tag_path}")
+        rank_file = os.path.join(tag_path, f"trainer_rank{self.rank}.pt")
+        state = torch.load(rank_file, map_location="cpu", weights_only=True)
+        if state["world_size"] != self.world_size:
+            raise UserError(f"checkpoint {tag_path} was written by {state['world_size']} ranks, this run "
+                            f"has {self.world_size}: the data position cannot be resumed exactly")
+        set_rng_state(state["rng"])
+        logger.info("resumed from %s at step %d", tag_path, state["step"])
+        return state

@@ -1,0 +1,119 @@
+"""DeepSpeed set-up: the process group, the JSON config completed from the run config, the engine.
+
+Values that live in both places (micro batch, accumulation, clipping, precision) come from
+the run config: the JSON says "auto" (or repeats the same value); a JSON value that
+contradicts the run config is refused. The optimizer is the trainer's own AdamW with
+MAE's parameter groups, so the JSON must not name one.
+"""
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Dict, Tuple
+
+import torch
+
+from uniemox.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> DistInfo:
+    """Join the launcher's process group (gloo on CPU, NCCL on CUDA); a plain ``python`` start
+    becomes a world of one."""
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+    cuda = torch.cuda.is_available()
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise UserError(f"train.precision must be auto, bf16, fp16 or fp32, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return precision
+
+
+def _settle(ds: Dict[str, Any], path: Tuple[str, ...], value: Any, source: str) -> None:
+    """Set ds[path] = value where the JSON says "auto" or nothing; refuse a contradiction."""
+    node = ds
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    current = node.get(path[-1], "auto")
+    if current != "auto" and current != value:
+        raise UserError(f"DeepSpeed config sets {'.'.join(path)}={current!r} but the run config gives "
+                        f"{value!r} ({source}); set it in one place (use \"auto\" in the JSON)")
+    node[path[-1]] = value
+
+
+def build_ds_config(path: str, *, micro_batch: int, grad_accum: int, world_size: int,
+                    grad_clip: float, precision: str) -> Dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            ds = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"DeepSpeed config not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"DeepSpeed config {path} is not valid JSON: {exc}") from None
+    for owned in ("optimizer", "scheduler"):
+        if owned in ds:
+            raise UserError(f"DeepSpeed config {path} names a {owned}; the trainer builds AdamW and its "
+                            f"schedule from the run config (optim.*): remove '{owned}'")
+    _settle(ds, ("train_micro_batch_size_per_gpu",), micro_batch, "data.batch_size")
+    _settle(ds, ("gradient_accumulation_steps",), grad_accum, "optim.grad_accum")
+    _settle(ds, ("train_batch_size",), micro_batch * grad_accum * world_size,
+            "data.batch_size x optim.grad_accum x world size")
+    _settle(ds, ("gradient_clipping",), float(grad_clip), "optim.grad_clip")
+    _settle(ds, ("bf16", "enabled"), precision == "bf16", "train.precision")
+    _settle(ds, ("fp16", "enabled"), precision == "fp16", "train.precision")
+    return ds
+
+
+def zero_stage(ds: Dict[str, Any]) -> int:
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+def offloads_optimizer(ds: Dict[str, Any]) -> bool:
+    return ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") == "cpu"
+
+
+def build_optimizer(param_groups, lr: float, betas, ds: Dict[str, Any], device: torch.device):
+    """AdamW; DeepSpeed's CPU Adam when the optimizer state is offloaded (ZeRO-Offload needs it)."""
+    if offloads_optimizer(ds):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        return DeepSpeedCPUAdam(param_groups, lr=lr, betas=tuple(betas), adamw_mode=True)
+    return torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas), fused=device.type == "cuda")
+
+
+def build_engine(model: torch.nn.Module, optimizer, ds: Dict[str, Any]):
+    import deepspeed
+
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
+    logger.info("DeepSpeed engine: ZeRO stage %d, micro batch %d, accumulation %d, precision %s",
+                zero_stage(ds), ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"],
+                "bf16" if ds["bf16"]["enabled"] else "fp16" if ds["fp16"]["enabled"] else "fp32")
+    return engine, optimizer

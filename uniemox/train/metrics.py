@@ -1,0 +1,93 @@
+"""What the trainer reports: TensorBoard scalars, a console progress bar, MFU, memory.
+
+Throughput is measured over the steps since the last report; the data-loading share is
+the time spent waiting for the next batch over the whole step time.
+"""
+import logging
+import time
+from typing import Dict, Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# Dense bf16 peak FLOP/s per device (no sparsity). MFU is left out where the device is unknown.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
+
+
+def device_peak_flops(device: torch.device) -> Optional[float]:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in PEAK_BF16_FLOPS.items():
+        if key in name:
+            return peak
+    return None
+
+
+def peak_memory_gib(device: torch.device) -> Optional[float]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+    except Exception:
+        return None
+
+
+class StepTimer:
+    """Accumulates data-wait and total time between reports."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.data_s = self.total_s = 0.0
+        self.samples = self.steps = 0
+        self._t = time.perf_counter()
+
+    def data_ready(self):
+        now = time.perf_counter()
+        self.data_s += now - self._t
+        self._t_data = now
+
+    def step_done(self, samples: int, device: torch.device):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        self.total_s += now - self._t
+        self._t = now
+        self.samples += samples
+        self.steps += 1
+
+    def summary(self, flops_per_sample: Optional[float], peak_flops: Optional[float]) -> Dict[str, float]:
+        out = {"perf/samples_per_s": self.samples / max(self.total_s, 1e-9),
+               "perf/step_time_ms": 1000 * self.total_s / max(self.steps, 1),
+               "perf/data_share": self.data_s / max(self.total_s, 1e-9)}
+        if flops_per_sample and peak_flops:
+            out["perf/mfu"] = out["perf/samples_per_s"] * flops_per_sample / peak_flops
+        return out
+
+
+class MetricsWriter:
+    """TensorBoard on rank 0 only; other ranks get a writer that writes nothing."""
+
+    def __init__(self, log_dir: Optional[str]):
+        self.tb = None
+        if log_dir:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(log_dir)
+
+    def scalars(self, values: Dict[str, float], step: int) -> None:
+        if self.tb:
+            for key, value in values.items():
+                self.tb.add_scalar(key, value, step)
+
+    def image(self, tag: str, chw: torch.Tensor, step: int) -> None:
+        if self.tb:
+            self.tb.add_image(tag, chw, step)
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.flush()
+            self.tb.close()
