@@ -149,12 +149,11 @@ def _distill_kernel(s_ptr, o_ptr, t_ptr, rows_ptr, gsim_ptr, gcon_ptr, B, M, C, 
 
 class _DistillationLosses(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student, teacher_image, teacher_text):
+    def forward(ctx, student, teacher_image, teacher_text, need_grad):
         batch, width = student.shape
         rows_m = teacher_text.shape[0]
         student, teacher_image = student.contiguous(), teacher_image.contiguous()
         teacher_text = teacher_text.contiguous()
-        need_grad = ctx.needs_input_grad[0]
         cosines = torch.empty(2, batch, device=student.device, dtype=torch.float32)
         grads = (torch.empty(2, batch, width, device=student.device, dtype=torch.float32)
                  if need_grad else cosines)
@@ -171,12 +170,12 @@ class _DistillationLosses(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_similarity, grad_contrastive):
         if not ctx.needs_input_grad[0]:
-            return None, None, None
+            return None, None, None, None
         (grads,) = ctx.saved_tensors
         weights = torch.stack([torch.zeros((), device=grads.device) if g is None else g.float()
                                for g in (grad_similarity, grad_contrastive)])
         grad_student = torch.einsum("k,kbc->bc", weights, grads)
-        return grad_student.to(ctx.student_dtype), None, None
+        return grad_student.to(ctx.student_dtype), None, None, None
 
 
 def distillation_losses_triton(student: torch.Tensor, teacher_image: torch.Tensor,
@@ -193,4 +192,6 @@ def distillation_losses_triton(student: torch.Tensor, teacher_image: torch.Tenso
                          "pass detached teacher embeddings (or use impl='torch')")
     if len({student.device, teacher_image.device, teacher_text.device}) > 1:
         raise ValueError("student and teacher embeddings must be on one device")
-    return _DistillationLosses.apply(student, teacher_image, teacher_text)
+    # forward runs with grad mode off: decide here whether the gradient rows are needed
+    need_grad = torch.is_grad_enabled() and student.requires_grad
+    return _DistillationLosses.apply(student, teacher_image, teacher_text, need_grad)
