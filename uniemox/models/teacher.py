@@ -9,9 +9,10 @@ repeat a lot, and only unseen ones go through the text tower.
 
 The teacher is self-contained so the pretrainer can keep it outside the DeepSpeed engine.
 """
+import contextlib
 import logging
 from collections import OrderedDict
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import open_clip
 import torch
@@ -48,6 +49,7 @@ class CLIPTeacher(nn.Module):
     input_norm: "imagenet" feeds the ImageNet-normalised student view as it is (the release);
     "clip" first re-normalises it to CLIP's own mean/std:
         x_clip = (x * std_in + mean_in - mean_clip) / std_clip.
+    precision: "auto" is bf16 on CUDA and fp32 elsewhere, re-decided on every .to(device).
     text_cache_size: LRU capacity in prompts (0 disables the cache). Token-tensor input is
     never cached (identical tokens are rare outside the string path, and hashing them costs
     a device sync).
@@ -93,8 +95,9 @@ class CLIPTeacher(nn.Module):
         super()._apply(fn, recurse)
         want = PRECISIONS[self.precision] or (
             torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        if self.dtype != want:
-            self.clip.to(want)  # the teacher's dtype follows `precision`, not .to(dtype)/.half()
+        if self.dtype != want:  # the teacher's dtype follows `precision`, not .to(dtype)/.half()
+            self.clip.to(want)
+            self._renorm_scale, self._renorm_shift = self._renorm_scale.float(), self._renorm_shift.float()
         return self
 
     def train(self, mode: bool = True) -> "CLIPTeacher":
@@ -123,15 +126,17 @@ class CLIPTeacher(nn.Module):
                 f"input_norm={self.input_norm!r}, text_cache_size={self.text_cache_size}")
 
     # ---- encoders ----
-    def _frozen(self):
-        return torch.inference_mode(), torch.autocast(self.device.type, enabled=False)
+    @contextlib.contextmanager
+    def _frozen(self) -> Iterator[None]:
+        """No autograd record, and the caller's autocast cannot change the teacher's precision."""
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
+            yield
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """images: ImageNet-normalised [B, 3, H, W]; resized (bicubic) to the model's size if needed."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"teacher images must be [B, 3, H, W], got {tuple(images.shape)}")
-        mode, no_autocast = self._frozen()
-        with mode, no_autocast:
+        with self._frozen():
             x = images.to(device=self.device, dtype=torch.float32)
             if self.input_norm == "clip":
                 x = x * self._renorm_scale + self._renorm_shift
@@ -143,8 +148,7 @@ class CLIPTeacher(nn.Module):
         return _autograd_safe(out)
 
     def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        mode, no_autocast = self._frozen()
-        with mode, no_autocast:
+        with self._frozen():
             out = self.clip.encode_text(tokens.to(self.device))
         return _autograd_safe(out)
 

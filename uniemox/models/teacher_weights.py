@@ -1,20 +1,24 @@
 """Where the CLIP teacher's weights come from: a local file, an open_clip tag, or (explicitly) none.
 
-A weights file can never run code: OpenAI's release files (TorchScript archives) are read
-with `torch.jit.load(...).state_dict()`, which unpickles only TorchScript's own restricted
-format and runs none of the archive's code; everything else goes through
-`torch.load(weights_only=True)` or safetensors.
+A weights file can never run code. OpenAI's release files are TorchScript archives, and
+`torch.jit.load` would run TorchScript (e.g. a class's __setstate__) while loading, so they
+are read here by a restricted unpickler that only rebuilds tensors and records module
+attributes (`_ScriptUnpickler`); everything else goes through `torch.load(weights_only=True)`
+or safetensors.
 
 OpenAI's state dicts use the same key names as open_clip's `CLIP` class; what differs is
 the activation: OpenAI trained with QuickGELU, open_clip's plain configs (e.g. "ViT-B-16")
-use GELU. A TorchScript archive, or a state dict carrying OpenAI's extra entries
-(input_resolution, context_length, vocab_size), therefore builds the model with QuickGELU.
-A plain (non-TorchScript) OpenAI state dict cannot be told apart from an open_clip one:
-pass the model name "ViT-B-16-quickgelu" for it.
+use GELU. The model is built with QuickGELU when the file says so: a TorchScript archive
+whose modules include a QuickGELU (or no GELU at all), or a state dict carrying OpenAI's
+extra entries (input_resolution, context_length, vocab_size). A plain OpenAI state dict
+without those entries cannot be told apart from an open_clip one: name the model
+"ViT-B-16-quickgelu" for it.
 """
 import contextlib
+import io
 import logging
 import os
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Dict, Iterator, Mapping, Optional, Tuple, Union
@@ -62,6 +66,76 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+_STORAGE_DTYPES = {"FloatStorage": torch.float32, "HalfStorage": torch.float16,
+                   "BFloat16Storage": torch.bfloat16, "DoubleStorage": torch.float64,
+                   "LongStorage": torch.int64, "IntStorage": torch.int32, "ShortStorage": torch.int16,
+                   "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool}
+
+
+class _ScriptObject:
+    """Stands in for a TorchScript class: keeps the attributes, has none of the methods."""
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_ignored):
+    return storage.as_strided(size, stride, offset)
+
+
+class _ScriptUnpickler(pickle.Unpickler):
+    """Reads a TorchScript archive's data.pkl: only tensors, containers and stand-in objects."""
+
+    def __init__(self, zf: zipfile.ZipFile, prefix: str):
+        super().__init__(io.BytesIO(zf.read(f"{prefix}/data.pkl")))
+        self.zf, self.prefix, self.storages, self.classes = zf, prefix, {}, set()
+
+    def find_class(self, module, name):
+        if module.startswith("__torch__."):
+            self.classes.add(name)
+            return type(name, (_ScriptObject,), {})
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if (module, name) == ("collections", "OrderedDict"):
+            return dict
+        if module == "torch.jit._pickle" and (name.startswith("build_") or name == "restore_type_tag"):
+            return lambda value, *_: value  # typed-container tags of TorchScript's pickler
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+    def persistent_load(self, pid):
+        _kind, dtype, key, _location, numel = pid  # location ignored: everything lands on the CPU
+        if key not in self.storages:
+            raw = bytearray(self.zf.read(f"{self.prefix}/data/{key}"))
+            self.storages[key] = torch.frombuffer(raw, dtype=dtype, count=numel)
+        return self.storages[key]
+
+
+def _flatten(obj, prefix: str, out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    for name, value in getattr(obj, "state", {}).items():
+        if isinstance(value, torch.Tensor):
+            out[prefix + name] = value
+        elif isinstance(value, _ScriptObject):
+            _flatten(value, f"{prefix}{name}.", out)
+    return out
+
+
+def read_torchscript_weights(path: PathLike) -> Tuple[Dict[str, torch.Tensor], bool]:
+    """The tensors of a TorchScript archive, named like its `state_dict()`, without running it,
+    and whether its activation is QuickGELU (OpenAI's archives have QuickGELU modules)."""
+    with zipfile.ZipFile(path) as zf:
+        pkls = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
+        if len(pkls) != 1:
+            raise ValueError("no single data.pkl in the TorchScript archive")
+        prefix = pkls[0].split("/")[0]
+        if f"{prefix}/byteorder" in zf.namelist() and zf.read(f"{prefix}/byteorder") != b"little":
+            raise ValueError("big-endian archives are not supported")
+        unpickler = _ScriptUnpickler(zf, prefix)
+        sd = _flatten(unpickler.load(), "", {})
+        return sd, "QuickGELU" in unpickler.classes or "GELU" not in unpickler.classes
+
+
 def _as_state_dict(obj, path: Path) -> Dict[str, torch.Tensor]:
     """Unwrap open_clip training checkpoints ({'state_dict': ...}) and 'module.'/'clip.' prefixes."""
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
@@ -79,8 +153,8 @@ def _as_state_dict(obj, path: Path) -> Dict[str, torch.Tensor]:
 
 
 def read_weights(path: PathLike) -> Tuple[Dict[str, torch.Tensor], bool]:
-    """Read a CLIP state dict from `path` on the CPU. Returns (state_dict, is_openai), where
-    is_openai means OpenAI's release format (so the model needs QuickGELU)."""
+    """Read a CLIP state dict from `path` on the CPU. Returns (state_dict, quick_gelu), where
+    quick_gelu says the file is in OpenAI's format (module docstring)."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
@@ -90,10 +164,10 @@ def read_weights(path: PathLike) -> Tuple[Dict[str, torch.Tensor], bool]:
             head = f.read(16)
     except OSError as err:
         raise UserError(f"teacher weights file {path} cannot be read ({_first_line(err)})") from err
-    is_openai = False
+    quick_gelu = False
     try:
         if head[:4] == b"PK\x03\x04" and _is_torchscript(path):
-            obj, is_openai = torch.jit.load(str(path), map_location="cpu").state_dict(), True
+            obj, quick_gelu = read_torchscript_weights(path)
         elif path.suffix == ".safetensors" or head[8:9] == b"{":  # u64 header length, then JSON
             from safetensors.torch import load_file
             obj = load_file(str(path), device="cpu")
@@ -106,15 +180,17 @@ def read_weights(path: PathLike) -> Tuple[Dict[str, torch.Tensor], bool]:
                         f"state dict ({_first_line(err)})") from err
     sd = _as_state_dict(obj, path)
     if any(k in sd for k in OPENAI_META_KEYS):
-        is_openai = True
+        quick_gelu = True
         sd = {k: v for k, v in sd.items() if k not in OPENAI_META_KEYS}
-    return sd, is_openai
+    return sd, quick_gelu
 
 
 def load_checked(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, model_name: str) -> None:
     """Load `sd` into `model`, refusing (with one line) anything but an exact key and shape match."""
     expected = model.state_dict()
-    sd = dict(sd)
+    # TorchScript archives also store non-persistent buffers (open_clip's attn_mask): derived, not learned
+    derived = {name for name, _ in model.named_buffers()} - set(expected)
+    sd = {k: v for k, v in sd.items() if k not in derived}
     if "logit_scale" in sd and "logit_scale" in expected:  # scalar in some files, [1] in others
         sd["logit_scale"] = sd["logit_scale"].reshape(expected["logit_scale"].shape)
     missing = [k for k in expected if k not in sd]
@@ -162,11 +238,11 @@ def build_clip(model_name: str, pretrained: Optional[str] = None,
     if weights is not None:
         if pretrained is not None:
             log.info("teacher: weights file %s given, ignoring pretrained=%r", weights, pretrained)
-        sd, is_openai = read_weights(weights)
+        sd, quick_gelu = read_weights(weights)
         with _quiet_random_init_warning():
-            model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=is_openai)
+            model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
         load_checked(model, sd, f"file {weights}", model_name)
-        return model, f"file {weights}" + (" (OpenAI format, QuickGELU)" if is_openai else "")
+        return model, f"file {weights}" + (" (OpenAI format: QuickGELU)" if quick_gelu else "")
     if pretrained is None:
         raise UserError("no CLIP teacher weights: pass --teacher-weights FILE (an OpenAI or open_clip "
                         "CLIP state dict), an open_clip pretrained tag (e.g. teacher.pretrained: openai, "
