@@ -67,10 +67,13 @@ def check_box(box, where: str) -> Optional[List[float]]:
     if box is None:
         return None
     try:
-        box = [float(v) for v in box]
+        values = [float(v) for v in box]
     except (TypeError, ValueError):
-        raise UserError(f"{where}: person box must be 4 numbers x0 y0 x1 y1, got {box!r}") from None
-    if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
+        values = []
+    if len(values) != 4:
+        raise UserError(f"{where}: person box must be 4 numbers x0 y0 x1 y1, got {box!r}")
+    box = values
+    if box[2] <= box[0] or box[3] <= box[1]:
         raise UserError(f"{where}: person box must be x0 y0 x1 y1 with x1 > x0 and y1 > y0, got {box}")
     return box
 

@@ -11,6 +11,8 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -22,7 +24,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..errors import UserError
 from .detector import build_detector
-from .manifest import FORMAT, MANIFEST, VERSION, describe_shards, shard_name, write_manifest
+from .manifest import FORMAT, MANIFEST, VERSION, describe_shards, write_manifest
 from .sources import Record, SourceSet
 from .splits import SPLITS
 
@@ -105,14 +107,18 @@ def _results(records: List[Record], max_side: int, detector: str, weights: Optio
         _init_worker(detector, weights)
         yield from (process_record(*a) for a in args)
         return
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(detector, weights)) as pool:
-        yield from pool.starmap(process_record, args, chunksize=1) if len(args) < 4 * workers \
-            else pool.imap(_star, args, chunksize=4)
+    # ProcessPoolExecutor, not Pool: a worker that dies raises BrokenProcessPool instead of hanging
+    chunk = max(1, min(16, len(args) // (4 * workers)))
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(detector, weights)) as pool:
+        try:
+            yield from pool.map(_star, args, chunksize=chunk)
+        except BrokenProcessPool as e:
+            raise UserError(f"a shard-writing worker process died ({e}); try --workers 0") from None
 
 
-def _star(a):
-    return process_record(*a)
+def _star(args: Tuple[Record, int]) -> Dict:
+    return process_record(*args)
 
 
 def write_shards(source: SourceSet, out_dir: str, shard_size: int = 1000, max_side: int = 256,
@@ -137,18 +143,57 @@ def write_shards(source: SourceSet, out_dir: str, shard_size: int = 1000, max_si
     records = sorted(source.records, key=lambda r: (order.get(r.split, 9), r.split, r.key))
 
     writers: Dict[str, wds.ShardWriter] = {}
-    count, per_class, boxed = Counter(), {s: Counter() for s in SPLITS}, Counter()
-    box_sources, errors = Counter(), []
+    count, boxed, box_sources = Counter(), Counter(), Counter()
+    per_class = {s: Counter() for s in SPLITS}
+    errors: List[str] = []
     t0 = time.time()
-    bar = tqdm(total=len(records), desc="shards", unit="img", disable=not progress, file=sys.stderr)
-    for res in _results(records, max_side, detector if needs_detector else "none", detector_weights, workers):
-        bar.update(1)
-        if "error" in res:
-            errors.append(res["error"])
-            continue
-        rec_split = next_split = res["meta"]["label"]  # placeholder replaced below
-        del rec_split, next_split
-        split = _split_of[res["key"]] if False else None  # noqa  (kept simple below)
-        break
-    bar.close()
-    raise NotImplementedError
+    bar = tqdm(total=len(records), desc="writing shards", unit="img", disable=not progress, file=sys.stderr)
+    try:
+        results = _results(records, max_side, det_info["name"], detector_weights, workers)
+        for rec, res in zip(records, results):  # results come back in record order
+            bar.update(1)
+            if "error" in res:
+                errors.append(res["error"])
+                continue
+            meta = dict(res["meta"], dataset=source.dataset)
+            if rec.split not in writers:
+                writers[rec.split] = wds.ShardWriter(os.path.join(out_dir, f"{rec.split}-%06d.tar"),
+                                                     maxcount=shard_size, maxsize=1e12, verbose=0, mtime=0.0)
+            writers[rec.split].write({"__key__": rec.key, "jpg": res["jpg"], "json": meta})
+            count[rec.split] += 1
+            per_class[rec.split][rec.label_name] += 1
+            boxed[rec.split] += meta["person_box"] is not None
+            box_sources[meta["box_source"]] += 1
+    finally:
+        bar.close()
+        for w in writers.values():
+            w.close()
+    if not count:
+        raise UserError(f"no readable image in {source.source['path']} ({len(errors)} unreadable, "
+                        f"first: {errors[0] if errors else '-'})")
+    splits = {}
+    for split in sorted(count, key=lambda s: SPLITS.index(s)):
+        n = count[split]
+        sizes = [min(shard_size, n - i) for i in range(0, n, shard_size)]
+        splits[split] = {"count": n, "per_class": {c: per_class[split][c] for c in source.classes},
+                         "with_person_box": boxed[split], "shards": describe_shards(out_dir, split, sizes)}
+    manifest = {
+        "format": FORMAT, "version": VERSION, "dataset": source.dataset, "source": source.source,
+        "classes": list(source.classes), "multi_label": any(r.labels for r in source.records),
+        "options": {"shard_size": shard_size, "max_side": max_side},
+        "tool": {"uniemox": __version__, "webdataset": getattr(wds, "__version__", "?"),
+                 "python": sys.version.split()[0], "detector": det_info},
+        "total": sum(count.values()), "with_person_box": sum(boxed.values()),
+        "box_sources": dict(box_sources),
+        "skipped": {"unreadable": len(errors), "examples": errors[:10]},
+        "splits": splits,
+    }
+    write_manifest(out_dir, manifest)
+    if progress:
+        print(f"wrote {manifest['total']} images in {sum(len(s['shards']) for s in splits.values())} shards to "
+              f"{out_dir} in {time.time() - t0:.1f}s: persons found {manifest['with_person_box']}, "
+              f"skipped {len(errors)} unreadable; " +
+              ", ".join(f"{k} {v['count']}" for k, v in splits.items()), file=sys.stderr)
+        for error in errors[:3]:
+            print(f"  unreadable: {error}", file=sys.stderr)
+    return manifest

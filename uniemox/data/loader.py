@@ -1,0 +1,153 @@
+"""The resumable loader around the shard streams (reader.py): the trainer's data API.
+
+`build_pretrain_loader` gives two-view batches with prompts, `build_labeled_loader` single-view
+labelled batches for fine-tuning and evaluation; both return a `ShardLoader` whose
+`state_dict()` / `load_state_dict()` carry the exact data position (see reader.py).
+"""
+from collections import Counter
+from dataclasses import asdict
+from typing import Dict, Iterator, Optional, Sequence, Union
+
+from torch.utils.data import DataLoader
+
+from ..errors import UserError
+from .reader import MODES, ReaderConfig, ShardStream, expand_urls
+from .tarstream import SKIP_KINDS
+
+
+class ShardLoader:
+    """Batches from WebDataset shards, resumable; iterate it once per epoch.
+
+    pretrain mode batches: scene [B,3,S,S] float32, person [B,3,S,S] float32, label int64 [B],
+    text list[str] (METHOD §1 prompt), key list[str], has_person bool [B].
+    train/eval mode batches: image [B,3,S,S], label, key (and targets [B,C] with num_classes).
+
+    A finite loader ends each iteration at the end of the data epoch; a resampled one
+    never ends unless `epoch_batches` is set, which also caps finite epochs (use it to give
+    every rank the same number of steps). `state_dict()` after a batch, `load_state_dict()`
+    before iterating: the next batches are those an uninterrupted run would have seen.
+    """
+
+    def __init__(self, cfg: ReaderConfig, epoch_batches: Optional[int] = None, pin_memory: bool = False,
+                 prefetch_factor: int = 2, start_state: Optional[Dict] = None):
+        if cfg.mode not in MODES:
+            raise UserError(f"unknown reader mode {cfg.mode!r} (choose from {', '.join(MODES)})")
+        if cfg.batch_size < 1 or cfg.num_workers < 0 or not 0 <= cfg.rank < cfg.world_size:
+            raise UserError(f"bad reader settings: batch_size={cfg.batch_size}, num_workers={cfg.num_workers}, "
+                            f"rank={cfg.rank}, world_size={cfg.world_size}")
+        slots = cfg.world_size * cfg.streams
+        if not cfg.resampled and len(cfg.urls) < slots:
+            raise UserError(f"{len(cfg.urls)} shard(s) for {cfg.world_size} rank(s) x {cfg.streams} worker(s): "
+                            f"every worker needs a shard; write smaller shards (--shard-size), use fewer "
+                            f"workers, or resampled=True")
+        self.cfg, self.epoch_batches = cfg, epoch_batches
+        self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
+        self._it = None
+        self.set_epoch(0)
+        if start_state is not None:
+            self.load_state_dict(start_state)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning (finite mode: also the shard order's epoch)."""
+        old = getattr(self, "workers", None)
+        self.epoch, self.batches_in_epoch, self.next_worker, self._it = epoch, 0, 0, None
+        self.workers = [{"epoch": epoch, "consumed": 0, "skips": (old[w]["skips"] if old else {})}
+                        for w in range(self.cfg.streams)]
+
+    @property
+    def skip_counts(self) -> Dict[str, int]:
+        """Damaged items skipped so far, by kind (SKIP_KINDS), over all workers and resumes."""
+        total = Counter({k: 0 for k in SKIP_KINDS})
+        for w in self.workers:
+            total.update(w["skips"])
+        return dict(total)
+
+    @property
+    def skipped(self) -> int:
+        """Damaged items skipped so far, all kinds together (a scalar to log)."""
+        return sum(self.skip_counts.values())
+
+    def endless(self) -> Iterator[Dict]:
+        """Batches across epochs without end (the trainer counts steps, not epochs)."""
+        while True:
+            yield from self
+
+    def _loader(self) -> DataLoader:
+        stream = ShardStream(self.cfg, [dict(w) for w in self.workers], self.next_worker)
+        return DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers, pin_memory=self.pin_memory,
+                          prefetch_factor=self.prefetch_factor if self.cfg.num_workers else None)
+
+    def __iter__(self) -> Iterator[Dict]:
+        while self.epoch_batches is None or self.batches_in_epoch < self.epoch_batches:
+            if self._it is None:
+                self._it = iter(self._loader())
+            try:
+                item = next(self._it)
+            except StopIteration:  # finite mode: the data epoch is over
+                if self.batches_in_epoch == 0:
+                    raise UserError(f"no batch of {self.cfg.batch_size} could be made from "
+                                    f"{len(self.cfg.urls)} shard(s); skipped: {self.skip_counts}") from None
+                self.set_epoch(self.epoch + 1)
+                return
+            meta = item.pop("_meta")
+            self.workers[meta["worker"]] = {k: meta[k] for k in ("epoch", "consumed", "skips")}
+            self.next_worker = (meta["worker"] + 1) % self.cfg.streams
+            if meta["final"]:
+                continue
+            self.batches_in_epoch += 1
+            yield item
+        if self.cfg.resampled:  # the stream goes on; only the loader's epoch count moves
+            self.epoch, self.batches_in_epoch = self.epoch + 1, 0
+        else:
+            self.set_epoch(self.epoch + 1)
+
+    def state_dict(self) -> Dict:
+        return {"version": 1, "config": self._fingerprint(), "epoch": self.epoch,
+                "batches_in_epoch": self.batches_in_epoch, "next_worker": self.next_worker,
+                "workers": [dict(w, skips=dict(w["skips"])) for w in self.workers]}
+
+    def load_state_dict(self, state: Dict) -> None:
+        if state.get("version") != 1 or "workers" not in state:
+            raise UserError("not a reader state (expected the dict of ShardLoader.state_dict())")
+        mismatch = {k: (v, self._fingerprint().get(k)) for k, v in state["config"].items()
+                    if self._fingerprint().get(k) != v}
+        if mismatch:
+            raise UserError("the data position was saved with other reader settings, an exact resume is "
+                            "impossible: " + ", ".join(f"{k} was {a} now {b}" for k, (a, b) in mismatch.items()))
+        self.epoch, self.batches_in_epoch = state["epoch"], state["batches_in_epoch"]
+        self.next_worker, self.workers = state["next_worker"], [dict(w) for w in state["workers"]]
+        self._it = None
+
+    def _fingerprint(self) -> Dict:
+        cfg = asdict(self.cfg)
+        cfg["urls"] = len(cfg["urls"])  # the shard count; paths may move between machines
+        return {k: cfg[k] for k in ("urls", "batch_size", "num_workers", "seed", "resampled", "rank",
+                                    "world_size", "shuffle_buffer", "drop_last", "mode", "image_size")}
+
+
+def build_pretrain_loader(urls: Union[str, Sequence[str]], batch_size: int, num_workers: int = 2,
+                          image_size: int = 224, shuffle_buffer: int = 1000, seed: int = 0,
+                          resampled: bool = False, rank: int = 0, world_size: int = 1,
+                          start_state: Optional[Dict] = None, epoch_batches: Optional[int] = None,
+                          drop_last: bool = True, pin_memory: bool = False) -> ShardLoader:
+    """The pretraining reader (two views + prompt); see `ShardLoader` for the batch layout."""
+    cfg = ReaderConfig(tuple(expand_urls(urls)), batch_size, num_workers, image_size, shuffle_buffer, seed,
+                       resampled, rank, world_size, drop_last, "pretrain")
+    return ShardLoader(cfg, epoch_batches, pin_memory, start_state=start_state)
+
+
+def build_labeled_loader(urls: Union[str, Sequence[str]], batch_size: int, num_workers: int = 2,
+                         image_size: int = 224, train: bool = False, shuffle_buffer: int = 1000,
+                         seed: int = 0, rank: int = 0, world_size: int = 1,
+                         num_classes: Optional[int] = None, start_state: Optional[Dict] = None) -> ShardLoader:
+    """Single-view labelled batches for fine-tuning (train=True: random-resized crop + flip,
+    shuffled, full batches) or evaluation (resize + centre crop, file order, every sample once;
+    workers are capped at the shards per rank)."""
+    urls = expand_urls(urls)
+    if not train:
+        if len(urls) < world_size:
+            raise UserError(f"{len(urls)} shard(s) for {world_size} ranks: every rank needs a shard")
+        num_workers = min(num_workers, len(urls) // world_size)
+    cfg = ReaderConfig(tuple(urls), batch_size, num_workers, image_size, shuffle_buffer, seed, False, rank,
+                       world_size, train, "train" if train else "eval", num_classes)
+    return ShardLoader(cfg, pin_memory=False, start_state=start_state)

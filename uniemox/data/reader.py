@@ -1,0 +1,217 @@
+"""The WebDataset reader's worker side: one deterministic stream per DataLoader worker.
+
+Each DataLoader worker runs one `ShardStream` (the loader around it is loader.py):
+
+    shards of this epoch, rank and worker -> raw tar samples -> seeded shuffle buffer
+    -> skip the samples already consumed (no decoding) -> decode + augment -> batch
+
+* split by node and worker: the epoch's shard order (a permutation seeded by
+  (seed, epoch)) is cut as ``order[rank::world_size][worker::num_workers]``;
+  ``resampled=True`` instead draws ceil(n / (world_size x workers)) shards with
+  replacement per worker and epoch, and never ends (multi-epoch large runs).
+* every random draw is seeded by (seed, rank, worker, epoch, sample index), so a stream
+  is a pure function of its position: the loader's `state_dict()` holds, per worker,
+  (epoch, raw samples consumed, skip counters) and the worker that is next in the
+  DataLoader's round robin; `load_state_dict()` restarts every worker at its position
+  (skipping raw bytes, not decoding) and rotates the workers so the next batch comes
+  from the right one. The batches after a resume are those of an uninterrupted run,
+  given the same urls, seed, batch size, world size and worker count.
+* damaged data (corrupt image, bad JSON, truncated tar) is skipped and counted
+  (`loader.skipped`), logged at most every 10 s per worker.
+"""
+import io
+import json
+import math
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from braceexpand import braceexpand
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..errors import UserError
+from .prompts import build_prompt
+from .tarstream import IMAGE_KEYS, RateLimitedLog, iter_shards, seeded_shuffle
+from .transforms import EvalTransform, TwoViewTransform, ViewAugment
+
+MODES = ("pretrain", "train", "eval")
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    urls: Tuple[str, ...]
+    batch_size: int
+    num_workers: int = 2
+    image_size: int = 224
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    resampled: bool = False
+    rank: int = 0
+    world_size: int = 1
+    drop_last: bool = True
+    mode: str = "pretrain"
+    num_classes: Optional[int] = None  # multi-label targets (EMOTIC) in train/eval mode
+
+    @property
+    def streams(self) -> int:
+        return max(1, self.num_workers)
+
+
+def expand_urls(urls: Union[str, Sequence[str]]) -> List[str]:
+    """Shard paths from: a brace pattern ("d/train-{000000..000009}.tar"), several joined by
+    "::", a list of those, or a shard-set folder (its manifest's TRAIN split only: pretraining
+    must never read a test split; use `shard_urls(folder, splits)` for others)."""
+    from .manifest import MANIFEST, shard_urls
+
+    items = [urls] if isinstance(urls, str) else list(urls)
+    out = []
+    for item in items:
+        for part in str(item).split("::"):
+            if os.path.isdir(part):
+                if not os.path.isfile(os.path.join(part, MANIFEST)):
+                    raise UserError(f"{part} is a folder without {MANIFEST}: pass shard files")
+                out += shard_urls(part, ("train",))
+            else:
+                out += list(braceexpand(part))
+    if not out:
+        raise UserError("no shard given")
+    for url in out:
+        if "://" not in url and not url.startswith("pipe:") and not os.path.isfile(url):
+            raise UserError(f"shard not found: {url}")
+    return out
+
+
+def epoch_size(urls: Union[str, Sequence[str]]) -> Optional[int]:
+    """Samples in one pass over `urls` (any form `expand_urls` takes), counted from the
+    manifests next to the shards; None when a shard has no manifest entry."""
+    from .manifest import MANIFEST, load_manifest
+
+    counts: Dict[str, int] = {}
+    total = 0
+    for url in expand_urls(urls):
+        folder = os.path.dirname(os.path.abspath(url))
+        if folder not in counts and os.path.isfile(os.path.join(folder, MANIFEST)):
+            for split in load_manifest(folder)["splits"].values():
+                counts.update({os.path.join(folder, s["file"]): s["count"] for s in split["shards"]})
+        n = counts.get(os.path.abspath(url))
+        if n is None:
+            return None
+        total += n
+    return total
+
+
+def prompt_of(meta: Dict) -> str:
+    """METHOD §1 text; a multi-label sample names all its emotions ("a, b and c")."""
+    names = meta.get("label_names") or [meta["label_name"]]
+    emotion = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return build_prompt(str(emotion), meta.get("attributes") or {})
+
+
+class ShardStream(IterableDataset):
+    """One deterministic stream per DataLoader worker (see module doc)."""
+
+    def __init__(self, cfg: ReaderConfig, start: List[Dict], rotation: int):
+        super().__init__()
+        self.cfg, self.start, self.rotation = cfg, start, rotation
+        self.two_view = TwoViewTransform(cfg.image_size)
+        self.single = ViewAugment(cfg.image_size) if cfg.mode == "train" else EvalTransform(cfg.image_size)
+
+    def shards(self, epoch: int, worker: int) -> List[str]:
+        cfg, urls = self.cfg, list(self.cfg.urls)
+        if cfg.resampled:
+            rng = random.Random(f"{cfg.seed}:shards:{epoch}:{cfg.rank}:{worker}")
+            return [rng.choice(urls) for _ in range(math.ceil(len(urls) / (cfg.world_size * cfg.streams)))]
+        if cfg.mode != "eval":
+            random.Random(f"{cfg.seed}:shards:{epoch}").shuffle(urls)
+        return urls[cfg.rank::cfg.world_size][worker::cfg.streams]
+
+    def make(self, sample: Dict, rng: random.Random, counters: Counter, warn) -> Optional[Dict]:
+        key = sample.get("__key__", "?")
+        image_key = next((k for k in IMAGE_KEYS if k in sample), None)
+        if image_key is None or "json" not in sample:
+            counters["incomplete_sample"] += 1
+            warn(f"sample {key} lacks an image or its json")
+            return None
+        try:
+            meta = json.loads(sample["json"])
+            label = int(meta["label"])
+            text = prompt_of(meta) if self.cfg.mode == "pretrain" else ""
+        except Exception as e:
+            counters["bad_json"] += 1
+            warn(f"sample {key}: undecodable json ({type(e).__name__}: {e})")
+            return None
+        try:
+            img = Image.open(io.BytesIO(sample[image_key])).convert("RGB")
+        except Exception as e:
+            counters["corrupt_image"] += 1
+            warn(f"sample {key}: corrupt image ({type(e).__name__}: {e})")
+            return None
+        out = {"label": label, "key": key}
+        if self.cfg.mode == "pretrain":
+            box = meta.get("person_box")
+            out["scene"], out["person"] = self.two_view(img, box, rng)
+            out["text"], out["has_person"] = text, box is not None
+        else:
+            out["image"] = self.single(img, rng)
+            if self.cfg.num_classes:
+                target = torch.zeros(self.cfg.num_classes)
+                target[meta.get("labels") or [label]] = 1.0
+                out["targets"] = target
+        return out
+
+    @staticmethod
+    def collate(items: List[Dict], meta: Dict) -> Dict:
+        batch = {}
+        for name, first in items[0].items():
+            values = [it[name] for it in items]
+            if isinstance(first, torch.Tensor):
+                batch[name] = torch.stack(values)
+            elif isinstance(first, (bool, int)):
+                batch[name] = torch.tensor(values, dtype=torch.bool if isinstance(first, bool) else torch.int64)
+            else:
+                batch[name] = values
+        batch["_meta"] = meta
+        return batch
+
+    def __iter__(self) -> Iterator[Dict]:
+        cfg, info = self.cfg, get_worker_info()
+        worker = ((info.id if info else 0) + self.rotation) % cfg.streams
+        state = self.start[worker]
+        epoch, skip, counters = state["epoch"], state["consumed"], Counter(state["skips"])
+        warn = RateLimitedLog()
+
+        def meta(consumed: int, final: bool = False) -> Dict:
+            return {"worker": worker, "epoch": epoch, "consumed": consumed,
+                    "skips": dict(counters), "final": final}
+
+        batch: List[Dict] = []
+        while True:
+            raw = iter_shards(self.shards(epoch, worker), counters, warn)
+            if cfg.mode != "eval":
+                raw = seeded_shuffle(raw, cfg.shuffle_buffer,
+                                     random.Random(f"{cfg.seed}:shuffle:{epoch}:{cfg.rank}:{worker}"))
+            index, made = -1, 0
+            for index, sample in enumerate(raw):
+                if index < skip:
+                    continue  # already consumed before the resume: no decoding
+                out = self.make(sample, random.Random(f"{cfg.seed}:{cfg.rank}:{worker}:{epoch}:{index}"),
+                                counters, warn)
+                if out is None:
+                    continue
+                made += 1
+                batch.append(out)
+                if len(batch) == cfg.batch_size:
+                    yield self.collate(batch, meta(index + 1))
+                    batch = []
+            if not cfg.resampled:
+                if batch and not cfg.drop_last:
+                    yield self.collate(batch, meta(index + 1))
+                yield {"_meta": meta(index + 1, final=True)}  # last counters; not a batch
+                return
+            if made == 0 and skip == 0:
+                raise UserError(f"worker {worker}: no readable sample in a whole pass over its shards")
+            epoch, skip = epoch + 1, 0

@@ -1,0 +1,112 @@
+"""The two views of METHOD §1 and the evaluation view, driven by an explicit RNG.
+
+scene view: RandomResizedCrop(S, scale=(0.2, 1.0), ratio=(3/4, 4/3), bicubic), horizontal
+flip with p=0.5, ImageNet mean/std. person view: the crop of person_box, then the same
+augmentation with its own draws; the whole image when the box is null.
+
+Every draw comes from the `random.Random` passed in, so a sample's views are a pure
+function of (image, box, rng seed): the reader seeds it per sample, which is what makes a
+resumed run see exactly the batches of an uninterrupted one.
+"""
+import math
+import random
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_tensor(img: Image.Image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """HWC uint8 PIL image -> CHW float32, (x / 255 - mean) / std."""
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def random_resized_crop_box(width: int, height: int, rng: random.Random,
+                            scale: Tuple[float, float] = (0.2, 1.0),
+                            ratio: Tuple[float, float] = (3 / 4, 4 / 3)) -> Tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a crop with area in `scale` x image area and aspect
+    ratio log-uniform in `ratio`; after 10 failed tries, the largest centred crop whose
+    ratio is clamped to `ratio` (the rule of torchvision's RandomResizedCrop)."""
+    area = width * height
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            left = rng.randint(0, width - w)
+            top = rng.randint(0, height - h)
+            return left, top, left + w, top + h
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def crop_person(img: Image.Image, box: Optional[Sequence[float]]) -> Image.Image:
+    """The person crop (box in pixels, rounded outwards and clipped); the image itself when
+    the box is null or degenerate."""
+    if box is None:
+        return img
+    w, h = img.size
+    x0, y0 = max(0, int(math.floor(box[0]))), max(0, int(math.floor(box[1])))
+    x1, y1 = min(w, int(math.ceil(box[2]))), min(h, int(math.ceil(box[3])))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return img
+    return img.crop((x0, y0, x1, y1))
+
+
+class ViewAugment:
+    """RandomResizedCrop + horizontal flip + normalisation of one view."""
+
+    def __init__(self, size: int = 224, scale: Tuple[float, float] = (0.2, 1.0),
+                 ratio: Tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5):
+        self.size, self.scale, self.ratio, self.flip_p = size, scale, ratio, flip_p
+
+    def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
+        box = random_resized_crop_box(img.width, img.height, rng, self.scale, self.ratio)
+        out = img.resize((self.size, self.size), Image.BICUBIC, box=box)  # crop + resize in one pass
+        if rng.random() < self.flip_p:
+            out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        return to_tensor(out)
+
+
+class TwoViewTransform:
+    """(scene view, person view) of one image, both [3, S, S] float32."""
+
+    def __init__(self, size: int = 224, scale: Tuple[float, float] = (0.2, 1.0)):
+        self.augment = ViewAugment(size, scale)
+
+    def __call__(self, img: Image.Image, person_box: Optional[Sequence[float]],
+                 rng: random.Random) -> Tuple[torch.Tensor, torch.Tensor]:
+        scene = self.augment(img, rng)
+        person = self.augment(crop_person(img, person_box), rng)
+        return scene, person
+
+
+class EvalTransform:
+    """MAE's evaluation view: resize the short side to S / 0.875 (bicubic), centre crop S."""
+
+    def __init__(self, size: int = 224, crop_pct: float = 0.875):
+        self.size, self.resize = size, int(round(size / crop_pct))
+
+    def __call__(self, img: Image.Image, rng: Optional[random.Random] = None) -> torch.Tensor:
+        w, h = img.size
+        s = self.resize / min(w, h)
+        nw, nh = max(self.size, round(w * s)), max(self.size, round(h * s))
+        img = img.resize((nw, nh), Image.BICUBIC)
+        left, top = (nw - self.size) // 2, (nh - self.size) // 2
+        return to_tensor(img.crop((left, top, left + self.size, top + self.size)))
