@@ -45,5 +45,8 @@ setup(
     },
     entry_points={"console_scripts": [
         "uniemox-pretrain = uniemox.launch.pretrain:main",
+        "uniemox-make-shards = uniemox.launch.make_shards:main",
+        "uniemox-benchmark = uniemox.launch.benchmark:main",
+        "uniemox-bench-reader = uniemox.launch.bench_reader:main",
     ]},
 )

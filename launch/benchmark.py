@@ -4,7 +4,15 @@
     python launch/benchmark.py kernels --device cpu --interpret --batch 2 --image-size 32 \
         --embed-dim 32 --decoder-dim 32 --distill-dim 32 --reps 2   # output-format smoke run
 
-Each run writes one JSON results file (benchmarks/results/ unless --out) and prints a table.
+    python launch/benchmark.py step                    # ViT-B/16 step: ours vs the plain reference
+    python launch/benchmark.py step --preset gpu       # the committed GPU sweep (B/16, L/16 x mask 0.75, 0.9)
+    python launch/benchmark.py step --data shards --shards 'data/train-{000000..000099}.tar' --workers 8
+    python launch/benchmark.py step --device cpu --model uniemox_vit_tiny_patch16 --teacher uniemox-clip-tiny \
+        --arch img_size=64,depth=2,decoder_depth=1 --batch 4 --zero 0 --warmup 1 --steps 3   # CPU smoke run
+    python launch/benchmark.py loader --shards DIR --workers 0,4,8,16      # the loader's own ceiling
+
+Each run writes its results (benchmarks/results/ unless --out: JSON; step and loader also CSV
+and PNG) and prints a table.
 Bad input ends with one line on stderr and exit code 2.
 """
 import argparse
@@ -12,6 +20,8 @@ import sys
 from typing import Optional, Sequence
 
 from uniemox.bench import kernels as bench_kernels
+from uniemox.bench import loader as bench_loader
+from uniemox.bench import step as bench_step
 from uniemox.errors import UserError
 
 
@@ -22,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
                                              "reference (forward + backward)")
     bench_kernels.add_arguments(kernels)
     kernels.set_defaults(func=bench_kernels.run)
+    step = sub.add_parser("step", help="the UniEmoX training step (ours) against the plain reference, "
+                                       "side by side: samples/s, MFU, memory, data share; sweeps")
+    bench_step.add_arguments(step)
+    step.set_defaults(func=bench_step.run)
+    loader = sub.add_parser("loader", help="the data loader's own ceiling: decoded two-view samples/s "
+                                           "from shards with N workers, no model")
+    bench_loader.add_arguments(loader)
+    loader.set_defaults(func=bench_loader.run)
     return parser
 
 

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import sys
+import zlib
 from pathlib import Path
 
 import torch
@@ -59,7 +60,8 @@ def build_config(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("uniemox").setLevel(logging.INFO)  # ours at INFO; libraries' INFO chatter off
     try:
         if args.export:
             return export_checkpoint(*args.export)
@@ -87,8 +89,9 @@ def train(cfg, ds_config_path, user_data):
     from uniemox.models.flops import clip_forward_flops_of, uniemox_step_flops
     from uniemox.models.teacher import CLIPTeacher
     from uniemox.train.checkpoint import Checkpointer, find_resume
-    from uniemox.train.engine import (build_ds_config, build_engine, build_optimizer, init_distributed,
-                                      resolve_precision, zero_stage)
+    from uniemox.train.faults import maybe_kill
+    from uniemox.train.engine import (build_ds_config, build_engine, build_optimizer, configure_cpu_threads,
+                                      init_distributed, resolve_precision, zero_stage)
     from uniemox.train.guard import (NonFiniteGuard, NonFiniteHalt, all_ranks_finite,
                                      engine_checks_gradients, local_grad_norm)
     from uniemox.train.metrics import MetricsWriter, StepTimer, device_peak_flops, peak_memory_gib
@@ -103,8 +106,10 @@ def train(cfg, ds_config_path, user_data):
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
         save_config(cfg, os.path.join(run_dir, "config.yaml"))
+    configure_cpu_threads(device, cfg.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     precision = resolve_precision(cfg.train.precision, device)
     torch.manual_seed(cfg.train.seed)
+    torch.set_flush_denormal(True)  # CPU: denormal moments of tiny gradients slow fp32 math 10x+
 
     # -- data ----------------------------------------------------------------------------------
     shards = cfg.data.shards if user_data else ensure_sample_shards(rank=rank)
@@ -163,7 +168,7 @@ def train(cfg, ds_config_path, user_data):
                                two_views=model.uses_person_view, decode="reconstruction" in model.components,
                                teacher_forward=clip_forward_flops_of(cfg.teacher.model)).per_sample
     peak = device_peak_flops(device)
-    writer = MetricsWriter(os.path.join(run_dir, "tb") if rank == 0 else None)
+    writer = MetricsWriter(run_dir if rank == 0 else None)
     timer, guard = StepTimer(), NonFiniteGuard(cfg.train.max_nonfinite)
     guard.total = skipped_total
     bar = None
@@ -180,8 +185,8 @@ def train(cfg, ds_config_path, user_data):
                   {"config": to_dict(cfg), "model": cfg.model.name})
 
     # -- the loop ---------------------------------------------------------------------------------
-    batches = iter(loader)
-    sums, count = {}, 0
+    batches = loader.endless()
+    sums, count, digests = {}, 0, []
     try:
         while step < total_steps:
             lr = lr_at(step, base_lr, warmup, total_steps, cfg.optim.min_lr)
@@ -190,6 +195,7 @@ def train(cfg, ds_config_path, user_data):
             for micro in range(cfg.optim.grad_accum):
                 batch = next(batches)
                 timer.data_ready()
+                digests.append(zlib.crc32("\n".join(batch["key"]).encode()))  # which samples, for resume checks
                 scene = batch["scene"].to(device, dtype, non_blocking=True)
                 person = batch["person"].to(device, dtype, non_blocking=True)
                 # masking noise from (seed, step, micro, rank): a resumed run masks exactly the same way
@@ -219,6 +225,7 @@ def train(cfg, ds_config_path, user_data):
                         sums[key] = sums.get(key, 0.0) + float(out[key].detach())
                 count += 1
             guard.record(step_skipped, step)
+            maybe_kill("step", step)
             timer.step_done(cfg.data.batch_size * cfg.optim.grad_accum * world, device)
             step += 1
 
@@ -229,16 +236,16 @@ def train(cfg, ds_config_path, user_data):
                 if grad_norm is not None:
                     values["optim/grad_norm"] = float(grad_norm)
                 values.update({"optim/lr": lr, "health/skipped_steps": guard.total,
-                               "health/skipped_samples": float(getattr(loader, "skipped", 0))})
+                               "health/skipped_samples": float(loader.skipped)})
                 memory = peak_memory_gib(device)
                 if memory is not None:
                     values["perf/peak_memory_gib"] = memory
-                writer.scalars(values, step)
+                writer.scalars(values, step, extra={"batch_crc32": digests})
                 if bar is not None:
                     bar.set_postfix({"loss": f"{values.get('loss/loss', float('nan')):.4f}",
                                      "lr": f"{lr:.2e}", "sps": f"{values['perf/samples_per_s']:.1f}",
                                      "data": f"{values['perf/data_share']:.0%}", "skip": guard.total})
-                sums, count = {}, 0
+                sums, count, digests = {}, 0, []
                 timer.reset()
             if bar is not None:
                 bar.update(1)

@@ -68,14 +68,23 @@ class ShardLoader:
         return sum(self.skip_counts.values())
 
     def endless(self) -> Iterator[Dict]:
-        """Batches across epochs without end (the trainer counts steps, not epochs)."""
-        while True:
-            yield from self
+        """Batches without end (the trainer counts steps, not epochs). The workers stay alive:
+        each moves on to its next epoch by itself, as in resampled mode, instead of the whole
+        loader restarting its processes at every epoch (seconds of CPU each time). Positions
+        stay exact per worker, so `state_dict()` / `load_state_dict()` resume as before."""
+        for item in self._loader(endless=True):
+            self._advance(item.pop("_meta"))
+            yield item
 
-    def _loader(self) -> DataLoader:
-        stream = ShardStream(self.cfg, [dict(w) for w in self.workers], self.next_worker)
+    def _loader(self, endless: bool = False) -> DataLoader:
+        stream = ShardStream(self.cfg, [dict(w) for w in self.workers], self.next_worker, endless)
         return DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers, pin_memory=self.pin_memory,
                           prefetch_factor=self.prefetch_factor if self.cfg.num_workers else None)
+
+    def _advance(self, meta: Dict) -> None:
+        """Record where the worker that made this item stands, and who is next."""
+        self.workers[meta["worker"]] = {k: meta[k] for k in ("epoch", "consumed", "skips")}
+        self.next_worker = (meta["worker"] + 1) % self.cfg.streams
 
     def __iter__(self) -> Iterator[Dict]:
         while self.epoch_batches is None or self.batches_in_epoch < self.epoch_batches:
@@ -90,8 +99,7 @@ class ShardLoader:
                 self.set_epoch(self.epoch + 1)
                 return
             meta = item.pop("_meta")
-            self.workers[meta["worker"]] = {k: meta[k] for k in ("epoch", "consumed", "skips")}
-            self.next_worker = (meta["worker"] + 1) % self.cfg.streams
+            self._advance(meta)
             if meta["final"]:
                 continue
             self.batches_in_epoch += 1

@@ -114,9 +114,9 @@ def prompt_of(meta: Dict) -> str:
 class ShardStream(IterableDataset):
     """One deterministic stream per DataLoader worker (see module doc)."""
 
-    def __init__(self, cfg: ReaderConfig, start: List[Dict], rotation: int):
+    def __init__(self, cfg: ReaderConfig, start: List[Dict], rotation: int, endless: bool = False):
         super().__init__()
-        self.cfg, self.start, self.rotation = cfg, start, rotation
+        self.cfg, self.start, self.rotation, self.endless = cfg, start, rotation, endless
         self.two_view = TwoViewTransform(cfg.image_size)
         self.single = ViewAugment(cfg.image_size) if cfg.mode == "train" else EvalTransform(cfg.image_size)
 
@@ -207,7 +207,7 @@ class ShardStream(IterableDataset):
                 if len(batch) == cfg.batch_size:
                     yield self.collate(batch, meta(index + 1))
                     batch = []
-            if not cfg.resampled:
+            if not (cfg.resampled or self.endless):
                 if batch and not cfg.drop_last:
                     yield self.collate(batch, meta(index + 1))
                 yield {"_meta": meta(index + 1, final=True)}  # last counters; not a batch

@@ -83,3 +83,13 @@ def clip_forward_flops_of(model_name: str) -> float:
     return clip_forward_flops(vision["width"], vision["layers"], vision["patch_size"], vision["image_size"],
                               text.get("width", 512), text.get("layers", 12), text.get("context_length", 77),
                               cfg.get("embed_dim", 512), vision.get("mlp_ratio", 4.0))
+
+
+def pretrainer_step_flops(pretrainer, arch: Arch, teacher_model: str) -> StepFlops:
+    """``uniemox_step_flops`` of a built ``UniEmoXPretrainer``: its mask ratio, projection width,
+    views and losses decide what is counted; the teacher's towers (open_clip config
+    ``teacher_model``) only when a distillation loss is on."""
+    teacher = clip_forward_flops_of(teacher_model) if pretrainer.uses_distillation else 0.0
+    return uniemox_step_flops(arch, pretrainer.mask_ratio, pretrainer.proj_dim,
+                              two_views=pretrainer.uses_person_view,
+                              decode="reconstruction" in pretrainer.components, teacher_forward=teacher)

@@ -25,6 +25,8 @@ import torch.distributed as dist
 
 from uniemox.errors import UserError
 
+from .faults import maybe_kill
+
 logger = logging.getLogger(__name__)
 _TAG = re.compile(r"^step_(\d{8})$")
 MARKER = "COMPLETE"
@@ -101,6 +103,7 @@ class Checkpointer:
         tmp = os.path.join(path, f".trainer_rank{self.rank}.pt.tmp")
         torch.save(state, tmp)
         os.replace(tmp, os.path.join(path, f"trainer_rank{self.rank}.pt"))
+        maybe_kill("save", step)
         dist.barrier()  # every rank's files are on disk before the marker
         if self.rank == 0:
             marker = dict(meta, step=step, world_size=self.world_size, time=time.time())

@@ -3,7 +3,9 @@
 Throughput is measured over the steps since the last report; the data-loading share is
 the time spent waiting for the next batch over the whole step time.
 """
+import json
 import logging
+import os
 import time
 from typing import Dict, Optional
 
@@ -70,18 +72,23 @@ class StepTimer:
 
 
 class MetricsWriter:
-    """TensorBoard on rank 0 only; other ranks get a writer that writes nothing."""
+    """TensorBoard plus ``metrics.jsonl`` (one JSON object per report, easy to grep or plot)
+    on rank 0; on other ranks (run_dir None) it writes nothing."""
 
-    def __init__(self, log_dir: Optional[str]):
-        self.tb = None
-        if log_dir:
+    def __init__(self, run_dir: Optional[str]):
+        self.tb = self.jsonl = None
+        if run_dir:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(log_dir)
+            self.tb = SummaryWriter(os.path.join(run_dir, "tb"))
+            self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
 
-    def scalars(self, values: Dict[str, float], step: int) -> None:
+    def scalars(self, values: Dict[str, float], step: int, extra: Optional[Dict] = None) -> None:
+        """``values`` go to TensorBoard and the JSONL; ``extra`` (non-scalars) to the JSONL only."""
         if self.tb:
             for key, value in values.items():
                 self.tb.add_scalar(key, value, step)
+            self.jsonl.write(json.dumps(dict(values, **(extra or {}), step=step)) + "\n")
+            self.jsonl.flush()
 
     def image(self, tag: str, chw: torch.Tensor, step: int) -> None:
         if self.tb:
@@ -91,3 +98,4 @@ class MetricsWriter:
         if self.tb:
             self.tb.flush()
             self.tb.close()
+            self.jsonl.close()

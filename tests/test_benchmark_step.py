@@ -1,0 +1,218 @@
+"""launch/benchmark.py step / loader on the CPU: a tiny model, synthetic data and real shards, a few
+steps; the results files are well-formed; the analytic FLOPs agree with an independent count
+(torch's FlopCounterMode over the real modules' forward and backward). CPU timings are not
+checked: they say nothing about the GPU step."""
+import csv
+import json
+import math
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from uniemox.bench.data import synthetic_prompt
+from uniemox.bench.runners import ReleaseTeacher
+from uniemox.bench.step import apply_preset
+from uniemox.launch.benchmark import build_parser, main
+from uniemox.models import create_encoder, create_pretrainer, get_arch
+from uniemox.models.flops import mae_forward_flops, pretrainer_step_flops, vit_forward_flops
+from uniemox.models.mae import MaskedAutoencoder
+
+ARCH = "img_size=64,depth=2,decoder_depth=1"
+TINY = ["step", "--device", "cpu", "--model", "uniemox_vit_tiny_patch16", "--arch", ARCH,
+        "--teacher", "uniemox-clip-tiny", "--batch", "4", "--warmup", "1", "--steps", "2", "--zero", "0"]
+FIELDS = ("samples_per_s", "ms_per_step", "flops_per_sample", "tflops_per_s", "data_share",
+          "speedup_vs_reference", "reference_samples_per_s", "loss_first", "loss_last")
+
+
+def _count(fn) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter, sdpa_kernel(SDPBackend.MATH):  # the math path is made of ops the counter knows
+        fn()
+    return counter.get_total_flops()
+
+
+# -- FLOPs: the analytic count against the ops the real modules run ------------------------------
+
+def test_vit_b16_forward_is_35_1_gflops_counted_on_the_real_module():
+    arch = get_arch("uniemox_vit_base_patch16")
+    with torch.device("meta"):  # shapes only: the full-size model costs no memory or time
+        encoder = create_encoder("uniemox_vit_base_patch16", attn_backend="math")
+        x = torch.empty(1, 3, 224, 224)
+    counted = _count(lambda: encoder.forward_features(x))
+    assert counted == pytest.approx(vit_forward_flops(arch), rel=1e-4)
+    assert round(vit_forward_flops(arch) / 1e9, 1) == 35.1
+
+
+def test_mae_b_training_at_mask_075_is_58_7_gflops_per_view():
+    arch = get_arch("uniemox_vit_base_patch16")
+    with torch.device("meta"):
+        mae = MaskedAutoencoder(**arch.encoder_kwargs(), **arch.decoder_kwargs(), attn_backend="math",
+                                kernel_impl="torch")
+        x = torch.empty(1, 3, 224, 224)
+
+    def step():
+        loss, _, _ = mae(x, 0.75)
+        loss.backward()
+
+    analytic = 3 * mae_forward_flops(arch, 0.75)
+    assert round(analytic / 1e9, 1) == 58.7
+    # forward + backward as autograd runs it: 3 x forward, less the patch embedding's input
+    # gradient, which nothing needs (the image is not a parameter)
+    patch_input_grad = 2 * 196 * 3 * 16 * 16 * 768
+    assert _count(step) == pytest.approx(analytic - patch_input_grad, rel=1e-3)
+
+
+def test_whole_step_flops_match_the_counted_step_with_teacher():
+    """Two views, decoder, fusion, losses and the teacher's two towers, as in the benchmark."""
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA fast path is invisible to the counter
+    try:
+        teacher = ReleaseTeacher("uniemox-clip-tiny", pretrained="none", precision="fp32", text_cache_size=0)
+        kw = dict(img_size=64, depth=2, decoder_depth=1)
+        model = create_pretrainer("uniemox_vit_tiny_patch16", proj_dim=teacher.embed_dim, kernel_impl="torch",
+                                  attn_backend="math", **kw)
+        model.attach_teacher(teacher)
+        batch, x = 4, torch.randn(2, 4, 3, 64, 64)
+
+        def step():
+            model(x[0], x[1], [synthetic_prompt(i) for i in range(batch)])["loss"].backward()
+
+        counted = _count(step) / batch
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+    arch = get_arch("uniemox_vit_tiny_patch16", **kw)
+    flops = pretrainer_step_flops(model, arch, "uniemox-clip-tiny")
+    assert flops.frozen_forward > 0 and flops.per_sample == 3 * flops.trained_forward + flops.frozen_forward
+    patch_input_grad = 2 * (2 * 16 * 3 * 16 * 16 * arch.embed_dim)  # both views, as above
+    assert counted == pytest.approx(flops.per_sample - patch_input_grad, rel=1e-3)
+
+
+# -- the step benchmark ---------------------------------------------------------------------------
+
+def _read(out):
+    res = json.loads(out.read_text())
+    with open(out.with_suffix(".csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    return res, rows
+
+
+def test_synthetic_sweep_writes_json_csv_png_and_both_variants_compute_the_same_step(tmp_path):
+    out = tmp_path / "step.json"
+    assert main(TINY + ["--mask-ratio", "0.75,0.9", "--prompt-pool", "2", "--out", str(out)]) == 0
+    res, rows = _read(out)
+    assert res["benchmark"] == "step" and res["smoke"] is True and "CPU" in res["note"]
+    assert res["device"]["type"] == "cpu" and res["device"]["peak_flops"] is None
+    assert res["versions"]["torch"] == torch.__version__ and res["versions"]["deepspeed"]
+    assert "math attention" in res["reference"] and "DeepSpeed" in res["ours"]
+    assert [(r["mask_ratio"], r["variant"]) for r in res["rows"]] == [
+        (0.75, "ours"), (0.75, "reference"), (0.9, "ours"), (0.9, "reference")]
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(rows) == 4 and rows[0]["device"] == res["device"]["name"] and rows[0]["date"] == res["date"]
+    arch = get_arch("uniemox_vit_tiny_patch16", img_size=64, depth=2, decoder_depth=1)
+    for row, flat in zip(res["rows"], rows):
+        assert all(math.isfinite(row[k]) and row[k] > 0 for k in FIELDS if k != "data_share")
+        assert 0 <= row["data_share"] < 1 and row["steps"] == 2 and row["batch"] == 4
+        assert row["speedup_vs_reference"] == pytest.approx(row["samples_per_s"] / row["reference_samples_per_s"])
+        assert row["tflops_per_s"] == pytest.approx(row["samples_per_s"] * row["flops_per_sample"] / 1e12)
+        assert row["mfu"] is None and row["peak_memory_gib"] is None and row["meets_targets"] is None
+        assert float(flat["samples_per_s"]) == pytest.approx(row["samples_per_s"]) and flat["mfu"] == ""
+    ours, ref = res["rows"][0], res["rows"][1]
+    assert (ours["attn"], ours["kernels"], ours["zero"]) == ("sdpa", "torch", 0)
+    assert (ref["attn"], ref["kernels"], ref["zero"]) == ("math", "torch", "none")
+    assert ref["speedup_vs_reference"] == 1.0
+    # same seed, batches and masks, fp32: the reference computes the same loss as ours
+    assert ours["loss_first"] == pytest.approx(ref["loss_first"], rel=1e-5)
+    # 2 distinct prompts, seen in warm-up: ours' cache serves every timed prompt; the reference has none
+    assert ours["text_cache_hit_rate"] == 1.0 and ref["text_cache_hit_rate"] is None
+    assert res["rows"][2]["flops_per_sample"] < ours["flops_per_sample"]  # fewer kept tokens at 0.9
+    model = create_pretrainer("uniemox_vit_tiny_patch16", proj_dim=64, mask_ratio=0.75, img_size=64, depth=2,
+                              decoder_depth=1)
+    assert ours["flops_per_sample"] == pretrainer_step_flops(model, arch, "uniemox-clip-tiny").per_sample
+
+
+def test_bf16_paths_run_on_the_cpu(tmp_path):
+    """The GPU's precision paths: a bf16 DeepSpeed engine (bf16 weights and inputs) against fp32
+    weights under bf16 autocast with the fp32 teacher inside it; the losses agree to bf16 accuracy."""
+    out = tmp_path / "bf16.json"
+    args = TINY + ["--precision", "bf16", "--arch", "img_size=32,depth=1,decoder_depth=1", "--batch", "2",
+                   "--warmup", "0", "--steps", "1", "--out", str(out)]
+    assert main(args) == 0
+    ours, ref = json.loads(out.read_text())["rows"]
+    assert ours["precision"] == ref["precision"] == "bf16"
+    assert ours["loss_first"] == pytest.approx(ref["loss_first"], rel=2e-2)
+
+
+@pytest.fixture(scope="module")
+def sample_shards(tmp_path_factory):
+    from uniemox.data.sample import ensure_sample_shards
+
+    return ensure_sample_shards(str(tmp_path_factory.mktemp("cache")), images_per_class_per_split=2, shard_size=4)
+
+
+def test_shards_mode_times_the_real_loader(tmp_path, sample_shards):
+    out = tmp_path / "shards.json"
+    assert main(TINY + ["--data", "shards", "--shards", sample_shards, "--workers", "1", "--out", str(out)]) == 0
+    res, rows = _read(out)
+    ours, ref = res["rows"]
+    assert ours["data"] == ref["data"] == "shards" and ours["workers"] == 1 and ours["prompt_pool"] is None
+    assert 0 < ours["data_share"] < 1 and 0 < ref["data_share"] < 1
+    assert 0 <= ours["text_cache_hit_rate"] <= 1 and ref["text_cache_hit_rate"] is None
+    assert ours["loss_first"] == pytest.approx(ref["loss_first"], rel=1e-5)  # the same first batch
+    assert [r["variant"] for r in rows] == ["ours", "reference"]
+
+
+def test_loader_ceiling(tmp_path, sample_shards):
+    out = tmp_path / "loader.json"
+    args = ["loader", "--shards", sample_shards, "--workers", "0,1", "--batch", "4", "--image-size", "32",
+            "--batches", "3", "--warmup", "1", "--out", str(out)]
+    assert main(args) == 0
+    res, rows = _read(out)
+    assert res["benchmark"] == "loader" and res["host"]["cpus"] >= 1
+    assert [r["workers"] for r in res["rows"]] == [0, 1] and len(rows) == 2
+    for row in res["rows"]:
+        assert row["samples_per_s"] > 0 and row["shards"] == 4 and row["skipped"] == 0
+        assert row["samples_per_s"] == pytest.approx(4 * 3 / (row["ms_per_batch"] * 3 / 1e3))
+    assert out.with_suffix(".png").is_file()
+
+
+def test_default_path_is_under_benchmarks_results(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(TINY + ["--steps", "1", "--warmup", "0"]) == 0
+    (path,) = (tmp_path / "benchmarks" / "results").glob("step-*.json")
+    assert path.with_suffix(".csv").is_file() and path.with_suffix(".png").is_file()
+
+
+def test_gpu_preset_fills_only_what_was_not_given():
+    args = build_parser().parse_args(["step", "--preset", "gpu", "--batch", "64"])
+    apply_preset(args)
+    assert args.model == "uniemox_vit_base_patch16,uniemox_vit_large_patch16"
+    assert args.mask_ratio == "0.75,0.9" and args.precision == "bf16" and args.device == "cuda"
+    assert args.batch == "64"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--mask-ratio", "1.0"], "--mask-ratio"),
+    (["--model", "vit_giant"], "unknown model"),
+    (["--arch", "depth"], "--arch"),
+    (["--arch", "depth=two"], "--arch"),
+    (["--arch", "width=2"], "unknown architecture override"),
+    (["--attn", "xformers"], "xformers"),
+    (["--zero", "5"], "--zero"),
+    (["--batch", "0"], "--batch"),
+    (["--batch", "two"], "--batch"),
+    (["--teacher", "RN-nothing"], "--teacher"),
+    (["--data", "shards", "--shards", "/nonexistent/x-{0..1}.tar"], "not found"),
+])
+def test_bad_input_is_one_line_and_exit_2(extra, message, capsys, tmp_path):
+    out = tmp_path / "x.json"
+    assert main(TINY + extra + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not out.exists() and not out.with_suffix(".csv").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: the preset would run")
+def test_gpu_preset_without_a_gpu_refuses(capsys):
+    assert main(["step", "--preset", "gpu"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
