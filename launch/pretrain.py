@@ -92,11 +92,11 @@ def train(cfg, ds_config_path, user_data):
     from uniemox.train.faults import maybe_kill
     from uniemox.train.engine import (build_ds_config, build_engine, build_optimizer, configure_cpu_threads,
                                       init_distributed, resolve_precision, zero_stage)
-    from uniemox.train.guard import (NonFiniteGuard, NonFiniteHalt, all_ranks_finite,
-                                     engine_checks_gradients, local_grad_norm)
+    from uniemox.train.guard import NonFiniteGuard, NonFiniteHalt
     from uniemox.train.metrics import MetricsWriter, StepTimer, device_peak_flops, peak_memory_gib
     from uniemox.train.param_groups import decay_groups
     from uniemox.train.schedule import lr_at, scaled_lr, set_lr
+    from uniemox.train.step import masking_noise, micro_step
     from uniemox.train.visualize import reconstruction_grid, save_grid
 
     # -- processes, run directory, config ------------------------------------------------------
@@ -186,6 +186,7 @@ def train(cfg, ds_config_path, user_data):
 
     # -- the loop ---------------------------------------------------------------------------------
     batches = loader.endless()
+    patches = (arch.img_size // arch.patch_size) ** 2
     sums, count, digests = {}, 0, []
     try:
         while step < total_steps:
@@ -196,34 +197,13 @@ def train(cfg, ds_config_path, user_data):
                 batch = next(batches)
                 timer.data_ready()
                 digests.append(zlib.crc32("\n".join(batch["key"]).encode()))  # which samples, for resume checks
-                scene = batch["scene"].to(device, dtype, non_blocking=True)
-                person = batch["person"].to(device, dtype, non_blocking=True)
-                # masking noise from (seed, step, micro, rank): a resumed run masks exactly the same way
-                gen = torch.Generator().manual_seed(((cfg.train.seed * 1_000_003 + step) * 64 + micro) * 4096 + rank)
-                n, length = scene.shape[0], (arch.img_size // arch.patch_size) ** 2
-                noise = torch.rand(2, n, length, generator=gen).to(device)
-                out = engine(scene, person, batch["text"], noise[0], noise[1])
-                loss = out["loss"]
-                if step in cfg.train.inject_nan_steps:
-                    loss = loss * float("nan")
-                if not all_ranks_finite(loss):
-                    step_skipped = True  # no backward: nothing of this batch reaches the gradients
-                    continue
-                engine.backward(loss)
-                boundary = engine.is_gradient_accumulation_boundary()
-                if boundary and not engine_checks_gradients(engine):
-                    norm = local_grad_norm(engine.module)  # fp32 ZeRO-0 would apply a NaN update
-                    if norm is not None and not torch.isfinite(norm):
-                        engine.zero_grad()
-                        step_skipped = True
-                        continue
-                engine.step()
-                if boundary and not engine.was_step_applied():
-                    step_skipped = True  # the engine found inf/NaN gradients and skipped the update
-                for key in ("loss", "reconstruction", "similarity", "contrastive"):
-                    if key in out:
-                        sums[key] = sums.get(key, 0.0) + float(out[key].detach())
-                count += 1
+                noise = masking_noise(cfg.train.seed, step, micro, rank, len(batch["key"]), patches, device)
+                result = micro_step(engine, batch, noise, device, dtype, nan_loss=step in cfg.train.inject_nan_steps,
+                                    nan_grad=step in cfg.train.inject_nan_grad_steps)
+                step_skipped |= not result.applied
+                for key, value in (result.losses or {}).items():
+                    sums[key] = sums.get(key, 0.0) + value
+                count += result.losses is not None
             guard.record(step_skipped, step)
             maybe_kill("step", step)
             timer.step_done(cfg.data.batch_size * cfg.optim.grad_accum * world, device)
@@ -249,8 +229,9 @@ def train(cfg, ds_config_path, user_data):
                 timer.reset()
             if bar is not None:
                 bar.update(1)
-            if rank == 0 and cfg.log.image_every and step % cfg.log.image_every == 0 and "pred" in out:
-                grid = reconstruction_grid(scene, out["pred"], out["mask"], arch.patch_size, cfg.model.norm_pix_loss)
+            if rank == 0 and cfg.log.image_every and step % cfg.log.image_every == 0 and "pred" in result.out:
+                grid = reconstruction_grid(result.scene, result.out["pred"], result.out["mask"], arch.patch_size,
+                                           cfg.model.norm_pix_loss)
                 os.makedirs(os.path.join(run_dir, "reconstructions"), exist_ok=True)
                 save_grid(grid, os.path.join(run_dir, "reconstructions", f"step_{step:08d}.png"))
                 writer.image("reconstruction", grid, step)

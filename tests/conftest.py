@@ -4,3 +4,11 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """The sample shards and other caches go to a per-session folder, not the user's home."""
+    os.environ["UNIEMOX_CACHE"] = str(tmp_path_factory.mktemp("uniemox-cache"))

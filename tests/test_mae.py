@@ -55,10 +55,14 @@ def test_sincos_table_matches_formula():
     torch.testing.assert_close(table[1 + row * g + col], torch.tensor(expected), rtol=0, atol=1e-6)
 
 
-def test_pos_embed_is_fixed():
+def test_pos_embed_is_fixed_and_saved():
     m = tiny()
-    assert not m.model.pos_embed.requires_grad and not m.model.decoder_pos_embed.requires_grad
-    assert all(p.requires_grad for n, p in m.named_parameters() if "pos_embed" not in n)
+    params = dict(m.named_parameters())
+    assert "model.pos_embed" not in params and "model.decoder_pos_embed" not in params
+    assert all(p.requires_grad for p in params.values())
+    state = m.model.state_dict()  # MAE's key names, in every checkpoint
+    torch.testing.assert_close(state["pos_embed"][0], sincos_pos_embed_2d(192, 2))
+    assert state["decoder_pos_embed"].shape == (1, 5, 256)
 
 
 def test_patchify_roundtrip_and_layout():
@@ -103,4 +107,4 @@ def test_base_matches_timm_vit_base():
         enc = create_encoder("uniemox_vit_base_patch16", global_pool="token")
     ref_count = sum(p.numel() for n, p in ref.named_parameters() if n != "pos_embed")
     assert sum(p.numel() for p in enc.parameters() if p.requires_grad) == ref_count
-    assert {n for n, _ in enc.named_parameters()} == {n for n, _ in ref.named_parameters()}
+    assert set(enc.state_dict()) == set(ref.state_dict())

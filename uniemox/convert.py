@@ -12,7 +12,7 @@ and logged, never dropped silently.
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Tuple
 
 import torch
 import torch.nn as nn

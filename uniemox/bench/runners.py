@@ -97,7 +97,7 @@ def deepspeed_config_path(spec: RunnerSpec) -> str:
 
 def build_ours(spec: RunnerSpec, device: torch.device) -> StepRunner:
     from uniemox.train.engine import build_ds_config, build_engine, build_optimizer
-    from uniemox.train.guard import all_ranks_finite, engine_checks_gradients, local_grad_norm
+    from uniemox.train.step import micro_step
 
     teacher = _teacher(CLIPTeacher, spec, device, precision="auto")
     model = _pretrainer(spec, teacher, spec.attn, spec.kernels, device)
@@ -106,23 +106,13 @@ def build_ours(spec: RunnerSpec, device: torch.device) -> StepRunner:
     optimizer = build_optimizer(decay_groups(model, spec.weight_decay), spec.lr, (0.9, 0.95), ds, device)
     engine, _ = build_engine(model, optimizer, ds)
     dtype = torch.bfloat16 if spec.precision == "bf16" else torch.float32
-    check_grads = not engine_checks_gradients(engine)
 
     def step(batch: Batch) -> torch.Tensor:
-        # launch/pretrain.py's inner loop, without the logging and checkpointing around it
-        scene = batch["scene"].to(device, dtype, non_blocking=True)
-        person = batch["person"].to(device, dtype, non_blocking=True)
-        noise = batch["noise"]
-        loss = engine(scene, person, batch["text"], noise[0], noise[1])["loss"]
-        if not all_ranks_finite(loss):
-            raise RuntimeError("non-finite loss in the benchmark")
-        engine.backward(loss)
-        if check_grads:
-            norm = local_grad_norm(engine.module)
-            if norm is not None and not torch.isfinite(norm):
-                raise RuntimeError("non-finite gradient in the benchmark")
-        engine.step()
-        return loss.detach()
+        # launch/pretrain.py's micro-step, without the logging and checkpointing around it
+        result = micro_step(engine, batch, batch["noise"], device, dtype)
+        if result.losses is None or not result.applied:
+            raise RuntimeError("non-finite loss or gradient in the benchmark")
+        return result.out["loss"].detach()
 
     return StepRunner("ours", step, model, teacher, engine)
 

@@ -34,7 +34,7 @@ class MaskedAutoencoder(VisionTransformer):
         self.kernel_impl = kernel_impl
         self.decoder_embed = nn.Linear(dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.decoder_pos_embed = fixed_pos_embed(self.patch_embed.grid_size, decoder_embed_dim)
+        self.register_buffer("decoder_pos_embed", fixed_pos_embed(self.patch_embed.grid_size, decoder_embed_dim))
         mlp_ratio = encoder_kwargs.get("mlp_ratio", 4.0)
         backend = encoder_kwargs.get("attn_backend", "auto")
         self.decoder_blocks = nn.ModuleList(

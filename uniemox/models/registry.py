@@ -4,7 +4,7 @@ One name serves the pretrainer (encoder + MAE decoder + fusion) and the encoder 
 (fine-tuning): ``create_pretrainer("uniemox_vit_base_patch16")``, ``create_encoder(...)``.
 """
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 from uniemox.errors import UserError
 

@@ -5,7 +5,6 @@ attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2), norm; for classification fc_norm 
 (global average pooling, as MAE fine-tuning). ``forward_features`` / ``forward_head`` follow
 timm's constructor contract.
 """
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -84,9 +83,11 @@ def init_mae_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def fixed_pos_embed(num_tokens_grid: int, dim: int) -> nn.Parameter:
-    """A non-trainable sin-cos table kept as a Parameter so checkpoints carry it under MAE's key."""
-    return nn.Parameter(sincos_pos_embed_2d(dim, num_tokens_grid).unsqueeze(0), requires_grad=False)
+def fixed_pos_embed(grid_size: int, dim: int) -> torch.Tensor:
+    """The [1, 1 + g*g, dim] sin-cos table, registered by callers as a persistent buffer: it is
+    not learned, every checkpoint (also DeepSpeed's ZeRO-1/3 ones, which drop frozen
+    parameters) carries it, and MAE's key name is kept."""
+    return sincos_pos_embed_2d(dim, grid_size).unsqueeze(0)
 
 
 class VisionTransformer(nn.Module):
@@ -101,7 +102,7 @@ class VisionTransformer(nn.Module):
         self.num_classes, self.global_pool = num_classes, global_pool
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = fixed_pos_embed(self.patch_embed.grid_size, embed_dim)
+        self.register_buffer("pos_embed", fixed_pos_embed(self.patch_embed.grid_size, embed_dim))
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear decay rule
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, r, attn_backend)
                                     for r in rates)

@@ -52,3 +52,23 @@ class NonFiniteGuard:
             raise NonFiniteHalt(f"{self.consecutive} consecutive steps with a non-finite {what or 'loss'} "
                                 f"(last at step {step}); stopping. The last good checkpoint is kept; "
                                 f"lower the learning rate or check the data, then resume.")
+
+
+def poison_gradients(engine) -> None:
+    """Testing aid: NaN into a gradient after backward. ZeRO-0 keeps ``.grad`` on the module;
+    ZeRO-1/2 move gradients into the optimizer's partitions, so every rank writes NaN into its
+    own flat gradient partition there (the engine's overflow check must then catch it)."""
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    if grads:
+        grads[0].mul_(float("nan"))
+        return
+    optimizer = engine.optimizer
+    for name in ("averaged_gradients", "single_partition_of_fp32_groups"):
+        holder = getattr(optimizer, name, None)
+        if isinstance(holder, dict) and holder:
+            next(iter(holder.values()))[0].mul_(float("nan"))
+            return
+        if isinstance(holder, list) and holder and getattr(holder[0], "grad", None) is not None:
+            holder[0].grad.mul_(float("nan"))
+            return
+    raise RuntimeError("found no gradient to poison in this engine")

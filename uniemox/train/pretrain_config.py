@@ -58,7 +58,8 @@ class TrainConfig:
     precision: str = "auto"                   # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     max_nonfinite: int = 5                    # consecutive skipped steps before the run stops
     seed: int = 0
-    inject_nan_steps: Tuple[int, ...] = ()    # testing aid: make the loss NaN at these steps
+    inject_nan_steps: Tuple[int, ...] = ()    # testing aids: a NaN loss at these (0-based) steps,
+    inject_nan_grad_steps: Tuple[int, ...] = ()  # or a NaN gradient with a finite loss
 
 
 @dataclass
