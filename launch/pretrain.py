@@ -174,7 +174,8 @@ def train(cfg, ds_config_path, user_data):
     bar = None
     if rank == 0 and cfg.log.progress:
         from tqdm import tqdm
-        bar = tqdm(total=total_steps, initial=step, desc="pretrain", dynamic_ncols=True)
+        bar = tqdm(total=total_steps, initial=step, desc="pretrain", dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 30)  # log files: a line per 30 s
     if rank == 0:
         logger.info("run dir %s | %d steps, global batch %d, lr %.2e, warm-up %d | %s, ZeRO-%d, %d rank(s) "
                     "| TensorBoard: tensorboard --logdir %s", run_dir, total_steps, global_batch, base_lr,

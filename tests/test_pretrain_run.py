@@ -139,3 +139,15 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path, args, message):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, last
     assert "Traceback" not in proc.stderr
+
+
+def test_init_from_an_mae_checkpoint(tmp_path):
+    from uniemox.models import create_pretrainer
+    src = create_pretrainer("uniemox_vit_tiny_patch16", img_size=32, depth=2, decoder_depth=1, proj_dim=64)
+    torch.save({"model": src.model.state_dict()}, tmp_path / "mae.pth")
+    proc = run(["optim.max_steps=1", "checkpoint.every=100", "log.image_every=0", "--init", str(tmp_path / "mae.pth")],
+               tmp_path / "run")
+    ok(proc)
+    assert f"init from {tmp_path / 'mae.pth'}: loaded" in proc.stderr
+    # an MAE file has no fusion weights: reported, not silently left random
+    assert "missing from the file (fusion." in proc.stderr

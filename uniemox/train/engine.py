@@ -81,7 +81,7 @@ def build_ds_config(path: str, *, micro_batch: int, grad_accum: int, world_size:
         raise UserError(f"DeepSpeed config {path} is not valid JSON: {exc}") from None
     for owned in ("optimizer", "scheduler"):
         if owned in ds:
-            raise UserError(f"DeepSpeed config {path} names a {owned}; the trainer builds AdamW and its "
+            raise UserError(f"DeepSpeed config {path} names a {owned!r}; the trainer builds AdamW and its "
                             f"schedule from the run config (optim.*): remove '{owned}'")
     _settle(ds, ("train_micro_batch_size_per_gpu",), micro_batch, "data.batch_size")
     _settle(ds, ("gradient_accumulation_steps",), grad_accum, "optim.grad_accum")
