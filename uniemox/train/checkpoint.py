@@ -124,14 +124,16 @@ class Checkpointer:
     def load(self, engine, tag_path: str) -> Dict[str, Any]:
         """Restore the engine and this rank's trainer state; RNG states are set here."""
         root, tag = os.path.split(tag_path.rstrip("/"))
+        with open(os.path.join(tag_path, MARKER), encoding="utf-8") as f:
+            saved_world = json.load(f)["world_size"]
+        if saved_world != self.world_size:
+            raise UserError(f"checkpoint {tag_path} was written by {saved_world} ranks, this run has "
+                            f"{self.world_size}: the data position cannot be resumed exactly")
         loaded, _ = engine.load_checkpoint(root or self.root, tag=tag, load_module_strict=True)
         if loaded is None:
             raise UserError(f"DeepSpeed could not load checkpoint {tag_path}")
         rank_file = os.path.join(tag_path, f"trainer_rank{self.rank}.pt")
         state = torch.load(rank_file, map_location="cpu", weights_only=True)
-        if state["world_size"] != self.world_size:
-            raise UserError(f"checkpoint {tag_path} was written by {state['world_size']} ranks, this run "
-                            f"has {self.world_size}: the data position cannot be resumed exactly")
         set_rng_state(state["rng"])
         logger.info("resumed from %s at step %d", tag_path, state["step"])
         return state
