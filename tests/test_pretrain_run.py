@@ -11,6 +11,8 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = os.path.join(REPO, "launch", "pretrain.py")
+DIST_VARS = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+             "CROSS_RANK", "CROSS_SIZE"}
 TINY = ["model.arch={img_size: 32, depth: 2, decoder_depth: 1}", "data.batch_size=8", "data.num_workers=1",
         "log.every=1", "log.progress=false", "log.image_every=2", "checkpoint.every=4"]
 
@@ -18,8 +20,11 @@ TINY = ["model.arch={img_size: 32, depth: 2, decoder_depth: 1}", "data.batch_siz
 def run(args, run_dir, stage=2, env=None, launcher=None, timeout=600):
     cmd = (launcher or [sys.executable]) + [PRETRAIN, "--deepspeed", os.path.join(REPO, "configs", f"zero{stage}.json"),
                                             "--run-dir", str(run_dir)] + TINY + list(args)
+    # a fresh process group: nothing of this pytest process's own (in-process tests may have
+    # joined one, setting RANK/MASTER_PORT) may leak into the run
+    clean = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, **(env or {})))
+                          env=dict(clean, **(env or {})))
     return proc
 
 

@@ -74,6 +74,7 @@ class ShardLoader:
         stay exact per worker, so `state_dict()` / `load_state_dict()` resume as before."""
         for item in self._loader(endless=True):
             self._advance(item.pop("_meta"))
+            self.epoch = min(w["epoch"] for w in self.workers)  # the epoch every worker has reached
             yield item
 
     def _loader(self, endless: bool = False) -> DataLoader:

@@ -66,17 +66,18 @@ class MaskedAutoencoder(VisionTransformer):
         if noise.shape != x.shape[:2]:
             raise ValueError(f"noise must have shape {tuple(x.shape[:2])}, got {tuple(noise.shape)}")
         keep = num_kept(x.shape[1], mask_ratio)
-        x, mask, ids_restore = random_masking(x, noise, keep, self.pos_embed[0, 1:], impl=self.kernel_impl)
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        pos = self.pos_embed.to(x.dtype)  # a buffer: engines that cast parameters leave it fp32
+        x, mask, ids_restore = random_masking(x, noise, keep, pos[0, 1:], impl=self.kernel_impl)
+        cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
         x = self.norm(self.run_blocks(torch.cat([cls, x], dim=1)))
         return x, mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """-> pixel predictions of every patch [N, L, p*p*3] (the patch outputs, not the CLS one)."""
         x = self.decoder_embed(latent)
-        patches = unmask_tokens(x[:, 1:], self.mask_token, ids_restore, self.decoder_pos_embed[0, 1:],
-                                impl=self.kernel_impl)
-        x = torch.cat([x[:, :1] + self.decoder_pos_embed[:, :1], patches], dim=1)
+        pos = self.decoder_pos_embed.to(x.dtype)
+        patches = unmask_tokens(x[:, 1:], self.mask_token, ids_restore, pos[0, 1:], impl=self.kernel_impl)
+        x = torch.cat([x[:, :1] + pos[:, :1], patches], dim=1)
         for block in self.decoder_blocks:
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]

@@ -133,8 +133,10 @@ class VisionTransformer(nn.Module):
 
     def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> [N, 1 + L, D] with position embeddings and the CLS token in front."""
-        x = self.patch_embed(x) + self.pos_embed[:, 1:]
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = self.patch_embed(x)
+        pos = self.pos_embed.to(x.dtype)  # a buffer: engines that cast parameters leave it fp32
+        x = x + pos[:, 1:]
+        cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
         return torch.cat([cls, x], dim=1)
 
     def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
