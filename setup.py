@@ -48,5 +48,7 @@ setup(
         "uniemox-make-shards = uniemox.launch.make_shards:main",
         "uniemox-benchmark = uniemox.launch.benchmark:main",
         "uniemox-bench-reader = uniemox.launch.bench_reader:main",
+        "uniemox-finetune = uniemox.launch.finetune:main",
+        "uniemox-predict = uniemox.launch.predict:main",
     ]},
 )

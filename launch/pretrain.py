@@ -1,10 +1,11 @@
 """UniEmoX pretraining: MAE reconstruction + distillation from a frozen CLIP teacher.
 
-    deepspeed launch/pretrain.py --deepspeed configs/zero2.json                 # embedded sample set
-    deepspeed launch/pretrain.py --deepspeed configs/zero2.json --config configs/pretrain_emoset.yaml \
-        teacher.weights=ViT-B-16.pt data.shards='/data/emoset/train-{000000..000099}.tar'
-    deepspeed --hostfile hosts --num_nodes 4 --num_gpus 8 launch/pretrain.py --deepspeed configs/zero2.json ...
-    python launch/pretrain.py --export runs/x/checkpoints/step_00001000 runs/x/export
+  deepspeed launch/pretrain.py --deepspeed configs/zero2.json          # the embedded sample set
+  deepspeed launch/pretrain.py --deepspeed configs/zero2.json --config configs/pretrain_emoset_vitl.yaml
+      --teacher-weights ViT-B-16.pt data.shards='/data/emoset/train-{000000..000094}.tar'
+  deepspeed --hostfile hosts --num_nodes 4 --num_gpus 8 launch/pretrain.py --deepspeed configs/zero2.json ...
+  python launch/pretrain.py --resume auto ...                          # continue the run dir's latest
+  python launch/pretrain.py --export runs/x/checkpoints/step_00001000 runs/x/export
 
 Reads top to bottom; the pieces live in uniemox/ (config, models, data, train).
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from uniemox.config import load_config, read_yaml, save_config, to_dict, apply_overrides
+from uniemox.config import apply_overrides, load_config, read_yaml, save_config, to_dict
 from uniemox.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def train(cfg, ds_config_path, user_data):
     configure_cpu_threads(device, cfg.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     precision = resolve_precision(cfg.train.precision, device)
     torch.manual_seed(cfg.train.seed)
-    torch.set_flush_denormal(True)  # CPU: denormal moments of tiny gradients slow fp32 math 10x+
+    torch.set_flush_denormal(True)  # x86 CPUs compute denormals slowly; training never needs them
 
     # -- data ----------------------------------------------------------------------------------
     shards = cfg.data.shards if user_data else ensure_sample_shards(rank=rank)
@@ -158,8 +159,7 @@ def train(cfg, ds_config_path, user_data):
     step, skipped_total = 0, 0
     resume_tag = find_resume(ckpt.root, cfg.checkpoint.resume)
     if resume_tag:
-        state = ckpt.load(engine, resume_tag if os.path.isabs(resume_tag) or os.sep in resume_tag
-                          else os.path.join(ckpt.root, resume_tag))
+        state = ckpt.load(engine, resume_tag)
         step, skipped_total = state["step"], state.get("skipped_steps", 0)
         loader.load_state_dict(state["data"])
 
@@ -183,7 +183,7 @@ def train(cfg, ds_config_path, user_data):
 
     def save(at_step):
         return ckpt.save(engine, at_step, {"data": loader.state_dict(), "skipped_steps": guard.total},
-                  {"config": to_dict(cfg), "model": cfg.model.name})
+                         {"config": to_dict(cfg), "model": cfg.model.name})
 
     # -- the loop ---------------------------------------------------------------------------------
     batches = loader.endless()

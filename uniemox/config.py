@@ -111,10 +111,11 @@ def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str,
     return data
 
 
-def _merge(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
+def merge_dicts(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
+    """``top`` over ``base``, sections merged key by key (neither is modified)."""
     out = dict(base)
     for key, value in top.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge_dicts(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -134,7 +135,7 @@ def read_yaml(path: str) -> Dict[str, Any]:
 def load_config(cls: Type[T], path: Optional[str] = None, overrides: Iterable[str] = (),
                 base: Optional[Dict[str, Any]] = None) -> T:
     """Defaults of ``cls`` < ``base`` < the YAML file at ``path`` < ``overrides``."""
-    data = _merge(base or {}, read_yaml(path) if path else {})
+    data = merge_dicts(base or {}, read_yaml(path) if path else {})
     return from_dict(cls, apply_overrides(data, overrides))
 
 

@@ -72,12 +72,13 @@ def complete_tags(root: str) -> List[str]:
 
 
 def find_resume(root: str, resume: Optional[str]) -> Optional[str]:
-    """``auto``: the newest complete tag under ``root`` (None on a fresh run); a path: that tag."""
+    """The checkpoint directory to resume from: ``auto``, the newest complete one under ``root``
+    (None on a fresh run); a path, that checkpoint (refused unless complete)."""
     if not resume:
         return None
     if resume == "auto":
         tags = complete_tags(root)
-        return tags[-1] if tags else None
+        return os.path.join(root, tags[-1]) if tags else None
     path = resume.rstrip("/")
     if not os.path.isfile(os.path.join(path, MARKER)):
         raise UserError(f"--resume {resume}: not a complete checkpoint (no {MARKER} marker)")

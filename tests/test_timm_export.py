@@ -1,0 +1,91 @@
+"""Exports in timm's layout round-trip through timm.create_model with identical outputs."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+import uniemox.models.timm_models as tm
+from uniemox.errors import UserError
+from uniemox.models import create_encoder, create_pretrainer, get_arch, list_models
+from uniemox.train.export import encoder_state
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {"img_size": 32, "depth": 2}
+NAME = "uniemox_vit_tiny_patch16"
+
+
+def test_every_project_name_is_registered_with_its_input_size():
+    assert set(list_models()) <= set(timm.list_models("uniemox_*"))
+    for name in list_models():
+        cfg = timm.models.get_pretrained_cfg(name)
+        assert cfg.input_size == (3, get_arch(name).img_size, get_arch(name).img_size)
+
+
+def _classifier():
+    model = create_encoder(NAME, num_classes=5, **TINY)
+    torch.nn.init.normal_(model.head.weight, std=0.5)  # a trained-looking head, not 2e-5 noise
+    return model.eval()
+
+
+@pytest.mark.parametrize("pool", ["avg", "token"])
+def test_finetuned_export_round_trips_through_timm(tmp_path, pool):
+    model = create_encoder(NAME, num_classes=5, global_pool=pool, **TINY).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    out = tmp_path / "exp"
+    tm.write_export(model.state_dict(), str(out), NAME, TINY, 5, pool, list("abcde"), {"task": "single_label"})
+    x = torch.randn(3, 3, 32, 32)
+    want = model(x)
+    by_file = timm.create_model(NAME, pretrained=True, num_classes=5, global_pool=pool, **TINY,
+                                pretrained_cfg_overlay=dict(file=str(out / "model.safetensors"))).eval()
+    by_dir = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    ours, config = tm.create_from_export(str(out))
+    for other in (by_file, by_dir, ours):
+        assert torch.equal(other(x), want)
+    assert by_dir.pretrained_cfg["label_names"] == list("abcde") and config["global_pool"] == pool
+    assert by_dir.pretrained_cfg["input_size"] == (3, 32, 32)
+
+
+def test_another_class_count_gets_a_fresh_head_and_a_wrong_size_is_an_error(tmp_path):
+    model = _classifier()
+    tm.write_export(model.state_dict(), str(tmp_path / "exp"), NAME, TINY, 5, "avg")
+    file = str(tmp_path / "exp" / "model.safetensors")
+    other = timm.create_model(NAME, pretrained=True, num_classes=3, pretrained_cfg_overlay=dict(file=file), **TINY)
+    assert other.head.weight.shape == (3, 192)
+    assert torch.equal(other.blocks[1].mlp.fc1.weight, model.blocks[1].mlp.fc1.weight)
+    with pytest.raises(UserError, match="shape mismatch"):
+        timm.create_model("uniemox_vit_small_patch16", pretrained=True, num_classes=5,
+                          pretrained_cfg_overlay=dict(file=file), **TINY)
+    with pytest.raises(UserError, match="not a UniEmoX timm export"):
+        (tmp_path / "plain").mkdir()
+        (tmp_path / "plain" / "config.json").write_text("{}")
+        tm.create_from_export(str(tmp_path / "plain"))
+
+
+def test_pretrained_encoder_export_gives_the_distilled_cls_features(tmp_path):
+    """A pretraining export (as launch/pretrain.py --export writes it) -> a headless timm model
+    whose output is the final-normed CLS token; the CLI does the same."""
+    pre = create_pretrainer(NAME, proj_dim=64, **TINY).eval()
+    src = tmp_path / "pretrain_export"
+    src.mkdir()
+    save_file({k: v.contiguous() for k, v in encoder_state(pre.state_dict()).items()},
+              str(src / "encoder.safetensors"))
+    (src / "config.json").write_text(json.dumps({"run_config": {"model": {"name": NAME, "arch": TINY}}}))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        cls = pre.model.forward_features(x)[:, 0]
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "finetune.py"), "--export", str(src),
+                           str(tmp_path / "timm")], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    enc = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
+    assert enc.num_classes == 0 and torch.equal(enc(x), cls)
+    # fine-tuning from it: avg pooling with a fresh fc_norm and head, encoder weights loaded
+    ft = timm.create_model(NAME, pretrained=True, num_classes=8, **TINY,
+                           pretrained_cfg_overlay=dict(file=str(tmp_path / "timm" / "model.safetensors")))
+    assert torch.equal(ft.blocks[0].attn.qkv.weight, pre.model.blocks[0].attn.qkv.weight)
+    with pytest.raises(UserError, match="not a pretraining export"):
+        tm.export_pretrained(str(tmp_path), str(tmp_path / "x"))

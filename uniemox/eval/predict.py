@@ -1,0 +1,132 @@
+"""Predictions for image files: listing, the evaluation view, the person view, top-k, output.
+
+The image goes through exactly the evaluation transform of the reader (resize the short side
+to S / 0.875, bicubic, centre crop S, ImageNet mean/std), so a file scores as its sample does
+in evaluation. ``person_view``: the detector's crop of the main person is scored as a second
+view; a classifier's two probability vectors are averaged (no person: the scene view alone),
+the zero-shot model fuses the two CLS tokens as in pretraining (no person: B = the image).
+"""
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from uniemox.data.transforms import EvalTransform, crop_person
+from uniemox.errors import UserError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def list_images(paths: Sequence[str]) -> List[str]:
+    """Files as given, folders searched recursively (sorted); nothing found is an error."""
+    out: List[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(d, f) for d, _, files in os.walk(path) for f in files
+                           if f.lower().endswith(IMAGE_EXTS))
+            if not found:
+                raise UserError(f"no image files under {path}")
+            out += found
+        elif os.path.isfile(path):
+            out.append(path)
+        else:
+            raise UserError(f"not found: {path}")
+    if not out:
+        raise UserError("no image given")
+    return out
+
+
+def top_k_rows(scores: np.ndarray, class_names: Sequence[str], k: int, multi_label: bool = False) -> List[List[Dict]]:
+    """Per row: the k best classes as [{"label", "prob"}], highest first."""
+    k = min(k, len(class_names))
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [[{"label": class_names[j], "prob": round(float(s[j]), 6)} for j in idx] for s, idx in zip(scores, order)]
+
+
+@dataclass
+class ImageViews:
+    path: str
+    scene: Optional[torch.Tensor]          # [3, S, S], None when unreadable
+    person: Optional[torch.Tensor] = None  # the person crop's view, None when no person
+    box: Optional[List[float]] = None
+    error: Optional[str] = None
+    detected: bool = False                 # a detector looked at this image
+
+
+def load_views(paths: Iterable[str], size: int, detector=None) -> Iterable[ImageViews]:
+    """Evaluation views of each file; an unreadable file gives an entry with ``error`` set."""
+    transform = EvalTransform(size)
+    for path in paths:
+        try:
+            with Image.open(path) as f:
+                img = f.convert("RGB")
+        except Exception as e:  # reported per file, never fatal
+            yield ImageViews(path, None, error=f"{type(e).__name__}: {e}")
+            continue
+        views = ImageViews(path, transform(img))
+        if detector is not None:
+            views.detected = True
+            found = detector(np.asarray(img))
+            if found is not None:
+                views.box = [round(v, 2) for v in found[0]]
+                views.person = transform(crop_person(img, found[0]))
+        yield views
+
+
+@torch.no_grad()
+def predict_views(score: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], views: List[ImageViews],
+                  class_names: Sequence[str], top_k: int, batch_size: int = 32) -> List[Dict]:
+    """``score(scene [B,3,S,S], person [B,3,S,S], has_person bool [B]) -> probabilities [B, C]``
+    over ``views`` (person = scene where no person was found); one result dict per file, in order."""
+    results: List[Dict] = []
+    ok = [v for v in views if v.scene is not None]
+    probs: Dict[str, np.ndarray] = {}
+    for i in range(0, len(ok), batch_size):
+        chunk = ok[i:i + batch_size]
+        scene = torch.stack([v.scene for v in chunk])
+        person = torch.stack([v.person if v.person is not None else v.scene for v in chunk])
+        has = torch.tensor([v.person is not None for v in chunk])
+        p = score(scene, person, has).float().cpu().numpy()
+        for v, row in zip(chunk, p):
+            probs[v.path] = row
+    for v in views:
+        if v.scene is None:
+            results.append({"path": v.path, "error": v.error})
+            continue
+        row = {"path": v.path, "top": top_k_rows(probs[v.path][None], class_names, top_k)[0]}
+        if v.detected:
+            row["person_box"] = v.box
+        results.append(row)
+    return results
+
+
+def classifier_scorer(model: torch.nn.Module, device: torch.device, multi_label: bool, person_view: bool):
+    """Probabilities of a classifier; with the person view, the mean over scene and person
+    views for images where a person was found."""
+    from .evaluate import to_probabilities
+
+    def score(scene: torch.Tensor, person: torch.Tensor, has_person: torch.Tensor) -> torch.Tensor:
+        p = to_probabilities(model(scene.to(device)), multi_label)
+        if person_view and bool(has_person.any()):
+            q = to_probabilities(model(person.to(device)), multi_label)
+            p = torch.where(has_person.to(device)[:, None], (p + q) / 2, p)
+        return p
+    return score
+
+
+def format_table(results: List[Dict]) -> str:
+    lines = []
+    for row in results:
+        if "error" in row:
+            lines.append(f"{row['path']}: error: {row['error']}")
+            continue
+        top = "  ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"])
+        person = ""
+        if "person_box" in row:
+            person = "  [person " + (",".join(f"{v:.0f}" for v in row["person_box"]) if row["person_box"]
+                                     else "none") + "]"
+        lines.append(f"{row['path']}: {top}{person}")
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""Zero-shot emotion recognition with a pretrained UniEmoX student (no fine-tuning).
+
+Pretraining pulls the fused token gamma = Fusion(alpha, beta) towards the teacher's image
+embedding and makes its similarities to caption embeddings match the teacher's, so gamma
+lives in the teacher's text space. A class c is scored by the caption sentence of its name:
+
+    t_c = normalise(teacher.encode_text("The overall emotion conveyed is {c}."))
+    g   = normalise(gamma(image))      alpha = P(LN(cls(scene))), beta = P(LN(cls(person)))
+    p(c | image) = softmax_c(s * <g, t_c>),   s = the teacher's logit scale
+
+The encoder runs unmasked (MAE's evaluation practice). Without a person view, B is the whole
+image (pretraining's rule when no person is found).
+"""
+import json
+import logging
+import os
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from uniemox.data.prompts import emotion_prompt
+from uniemox.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+def read_pretrain_export(path: str) -> Tuple[str, Dict]:
+    """(pretrainer.safetensors path, the run config) of a pretraining export folder."""
+    weights, config = os.path.join(path, "pretrainer.safetensors"), os.path.join(path, "config.json")
+    if not (os.path.isfile(weights) and os.path.isfile(config)):
+        raise UserError(f"{path} is not a pretraining export (pretrainer.safetensors + config.json); make one "
+                        f"with 'python launch/pretrain.py --export CHECKPOINT OUT'")
+    with open(config, encoding="utf-8") as f:
+        run_config = json.load(f).get("run_config") or {}
+    if not run_config.get("model"):
+        raise UserError(f"{config} has no run_config.model (the pretraining run's config.yaml was not found "
+                        f"at export time)")
+    return weights, run_config
+
+
+def build_teacher(run_config: Dict, device: torch.device, model: Optional[str] = None,
+                  weights: Optional[str] = None, pretrained: Optional[str] = None):
+    """The pretraining run's teacher (as its config names it), or the one given. A random
+    teacher (pretrained: none) cannot be rebuilt: the scores are then a smoke test only."""
+    from uniemox.models.teacher import CLIPTeacher
+
+    cfg = dict(run_config.get("teacher") or {})
+    if model:
+        cfg["model"] = model
+    if weights or pretrained:
+        cfg["weights"], cfg["pretrained"] = weights, pretrained
+    if not cfg.get("weights") and str(cfg.get("pretrained")).lower() == "none":
+        logger.warning("the pretraining run used a RANDOM teacher (pretrained: none), which cannot be rebuilt: "
+                       "zero-shot scores are meaningless (pass the run's --teacher-weights)")
+    return CLIPTeacher(cfg.get("model", "ViT-B-16"), pretrained=cfg.get("pretrained"), weights=cfg.get("weights"),
+                       device=device, input_norm=cfg.get("input_norm", "imagenet"))
+
+
+def load_student(path: str, proj_dim: int, device: torch.device):
+    """The pretrained UniEmoX module (encoder, projection, fusion) of an export, in eval mode."""
+    from uniemox.convert import load_pretrainer_checkpoint
+    from uniemox.models import create_pretrainer
+
+    weights, run_config = read_pretrain_export(path)
+    m = run_config["model"]
+    student = create_pretrainer(m["name"], fusion=m.get("fusion", "easy"), fusion_heads=m.get("fusion_heads", 3),
+                                proj_dim=proj_dim, attn_backend=m.get("attn_backend", "auto"), **(m.get("arch") or {}))
+    report = load_pretrainer_checkpoint(student, weights)
+    if report.missing:
+        raise UserError(f"{weights}: the export lacks {len(report.missing)} tensors of the student "
+                        f"({', '.join(report.missing[:4])} ...): wrong teacher width or model config?")
+    return student.to(device).eval(), run_config
+
+
+def class_text_embeddings(teacher, class_names: Sequence[str], template=emotion_prompt) -> torch.Tensor:
+    """[C, D] normalised teacher text embeddings of one prompt per class."""
+    return F.normalize(teacher.encode_text([template(c) for c in class_names]).float(), dim=-1)
+
+
+class ZeroShotClassifier(nn.Module):
+    def __init__(self, student, text_embeddings: torch.Tensor, logit_scale: float):
+        super().__init__()
+        self.student = student
+        self.register_buffer("text", text_embeddings)
+        self.logit_scale = float(logit_scale)
+
+    def embed(self, scene: torch.Tensor, person: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Normalised gamma [B, D]; person None: B is the scene itself."""
+        s = self.student
+        alpha = s.project_cls(s.model.forward_features(scene))
+        if not s.fusion.uses_beta:
+            return F.normalize(alpha.float(), dim=-1)
+        beta = alpha if person is None else s.project_cls(s.model.forward_features(person))
+        return F.normalize(s.fusion(alpha, beta).float(), dim=-1)
+
+    def forward(self, scene: torch.Tensor, person: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.logit_scale * self.embed(scene, person) @ self.text.T
+
+
+def build_zero_shot(export: str, class_names: Sequence[str], device: torch.device, teacher_model: Optional[str] = None,
+                    teacher_weights: Optional[str] = None, teacher_pretrained: Optional[str] = None
+                    ) -> Tuple[ZeroShotClassifier, Dict]:
+    _, run_config = read_pretrain_export(export)
+    teacher = build_teacher(run_config, device, teacher_model, teacher_weights, teacher_pretrained)
+    student, run_config = load_student(export, teacher.embed_dim, device)
+    text = class_text_embeddings(teacher, class_names)
+    model = ZeroShotClassifier(student, text.to(device), teacher.logit_scale).eval()
+    return model, run_config
+
+
+def image_size_of(run_config: Dict) -> int:
+    from uniemox.models import get_arch
+
+    m = run_config["model"]
+    return get_arch(m["name"], **(m.get("arch") or {})).img_size

@@ -1,0 +1,192 @@
+"""The project's encoders under timm: registered names and timm's file layout.
+
+Importing this module registers every name of ``uniemox.models.registry`` with timm
+(nothing else imports it, so timm's registry is only touched on request)::
+
+    import timm, uniemox.models.timm_models
+    model = timm.create_model("uniemox_vit_base_patch16", pretrained=True, num_classes=8,
+                              pretrained_cfg_overlay=dict(file="export/model.safetensors"))
+    model = timm.create_model("local-dir:export", pretrained=True)  # config.json + model.safetensors
+
+An export folder holds ``model.safetensors`` (timm/MAE key names) and ``config.json`` in the
+layout of timm's Hugging Face exports (architecture, num_classes, global_pool, label_names,
+pretrained_cfg, model_args with the architecture overrides), plus a ``uniemox`` section.
+
+Weights are loaded through ``uniemox.convert.load_into``: a head of another class count is
+left out (fresh head, as fine-tuning from another task), a pretraining encoder's decoder
+keys are ignored, and everything else must match (shape mismatch = error).
+"""
+import json
+import logging
+import os
+import sys
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+
+from uniemox.errors import UserError
+
+from .registry import create_encoder, get_arch, list_models
+
+logger = logging.getLogger(__name__)
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+EXPORT_FORMAT = "uniemox-timm-v1"
+_HEAD = ("head.weight", "head.bias")
+_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _pretrained_cfg(name: str, num_classes: int = 0) -> Dict:
+    arch = get_arch(name)
+    return {"input_size": (3, arch.img_size, arch.img_size), "fixed_input_size": True,
+            "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center", "mean": _MEAN,
+            "std": _STD, "num_classes": num_classes, "first_conv": "patch_embed.proj",
+            "classifier": None,  # heads are matched by _filter below, not dropped by timm
+            "license": "see the UniEmoX project"}
+
+
+def _filter(state_dict: Dict[str, torch.Tensor], model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """timm's pretrained_filter_fn: load what fits into ``model`` and hand timm back the full
+    state dict (so its strict load is a no-op re-load)."""
+    from uniemox.convert import load_into, split_checkpoint
+
+    sd, _ = split_checkpoint(state_dict)
+    own = model.state_dict()
+    dropped = [k for k in _HEAD if k in sd and (k not in own or own[k].shape != sd[k].shape)]
+    if dropped:
+        logger.warning("head not loaded: the file's head has shape %s, the model's %s (fresh head)",
+                       tuple(sd["head.weight"].shape), tuple(own["head.weight"].shape) if "head.weight" in own
+                       else "none")
+    decoder = [k for k in sd if k.startswith(("decoder_", "mask_token"))]
+    report = load_into(model, {k: v for k, v in sd.items() if k not in dropped}, ignore_unexpected=decoder)
+    logger.info("timm load: %s", report.summary())
+    return model.state_dict()
+
+
+def _make_entrypoint(name: str):
+    from timm.models import build_model_with_cfg
+
+    from .vit import VisionTransformer
+
+    def build(**kwargs) -> VisionTransformer:
+        size = kwargs.get("img_size")
+        if isinstance(size, (tuple, list)):  # timm passes input_size[-2:]
+            if size[0] != size[1]:
+                raise ValueError(f"{name} takes square images, got img_size={tuple(size)}")
+            kwargs["img_size"] = int(size[0])
+        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args"):
+            kwargs.pop(key, None)
+        if kwargs.pop("in_chans", 3) != 3:
+            raise ValueError(f"{name} takes RGB images (in_chans=3)")
+        return create_encoder(name, **kwargs)
+
+    def entrypoint(pretrained: bool = False, **kwargs):
+        kwargs.setdefault("global_pool", "avg")
+        return build_model_with_cfg(build, name, pretrained, pretrained_filter_fn=_filter,
+                                    pretrained_strict=True, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f"UniEmoX encoder {name} ({get_arch(name)})."
+    return entrypoint
+
+
+def _register_all() -> None:
+    from timm.models import generate_default_cfgs, register_model
+
+    module = sys.modules[__name__]
+    module.default_cfgs = generate_default_cfgs({n: _pretrained_cfg(n) for n in list_models()})
+    for name in list_models():
+        fn = _make_entrypoint(name)
+        setattr(module, name, fn)
+        register_model(fn)
+
+
+_register_all()
+
+
+# -- files in timm's layout ---------------------------------------------------------------------
+def write_export(state_dict: Dict[str, torch.Tensor], out_dir: str, name: str, arch_overrides: Dict,
+                 num_classes: int, global_pool: str, label_names: Optional[Sequence[str]] = None,
+                 extra: Optional[Dict] = None) -> Dict[str, str]:
+    """``out_dir/model.safetensors`` (fp32) and ``out_dir/config.json``, written to a temp
+    folder and renamed into place, so a reader never sees half an export."""
+    from safetensors.torch import save_file
+
+    arch = get_arch(name, **arch_overrides)
+    cfg = dict(_pretrained_cfg(name, num_classes), input_size=(3, arch.img_size, arch.img_size))
+    if label_names is not None:
+        cfg["label_names"] = list(label_names)
+    config = {"architecture": name, "num_classes": num_classes, "num_features": arch.embed_dim,
+              "global_pool": global_pool, "model_args": dict(arch_overrides, global_pool=global_pool),
+              "pretrained_cfg": cfg, "uniemox": dict(extra or {}, format=EXPORT_FORMAT)}
+    if label_names is not None:
+        config["label_names"] = list(label_names)
+    out_dir = out_dir.rstrip("/")
+    tmp = f"{out_dir}.tmp{os.getpid()}"
+    os.makedirs(tmp, exist_ok=True)
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in state_dict.items()},
+              os.path.join(tmp, WEIGHTS))
+    with open(os.path.join(tmp, CONFIG), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=1)
+    if os.path.isdir(out_dir):
+        old = f"{out_dir}.old{os.getpid()}"
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        import shutil
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+    return {"weights": os.path.join(out_dir, WEIGHTS), "config": os.path.join(out_dir, CONFIG)}
+
+
+def read_export_config(path: str) -> Dict:
+    cfg_path = os.path.join(path, CONFIG) if os.path.isdir(path) else path
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"no model export at {path} (expected {CONFIG} and {WEIGHTS}; a fine-tuning run "
+                        f"writes one to RUN_DIR/best)") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{cfg_path}: damaged config ({e})") from None
+    if config.get("uniemox", {}).get("format") != EXPORT_FORMAT:
+        raise UserError(f"{cfg_path} is not a UniEmoX timm export (a pretraining export? convert it with "
+                        f"'uniemox-finetune --export PRETRAIN_EXPORT OUT')")
+    return config
+
+
+def create_from_export(path: str, **overrides) -> Tuple[torch.nn.Module, Dict]:
+    """(model in eval mode, its config) from an export folder, built through timm.create_model."""
+    import timm
+
+    config = read_export_config(path)
+    if not os.path.isfile(os.path.join(path, WEIGHTS)):
+        raise UserError(f"{path}: {WEIGHTS} is missing")
+    kwargs = dict(config["model_args"], num_classes=config["num_classes"], **overrides)
+    model = timm.create_model(config["architecture"], pretrained=True,
+                              pretrained_cfg_overlay=dict(file=os.path.join(path, WEIGHTS),
+                                                          num_classes=config["num_classes"]), **kwargs)
+    return model.eval(), config
+
+
+def export_pretrained(src: str, out_dir: str) -> Dict[str, str]:
+    """A pretraining export (``launch/pretrain.py --export``) as a headless timm export: the
+    encoder with its final norm, CLS-token pooling (the token pretraining distils), no head."""
+    from uniemox.convert import read_checkpoint
+
+    weights, config = os.path.join(src, "encoder.safetensors"), os.path.join(src, "config.json")
+    if not (os.path.isfile(weights) and os.path.isfile(config)):
+        raise UserError(f"{src} is not a pretraining export (encoder.safetensors + config.json)")
+    with open(config, encoding="utf-8") as f:
+        model_cfg = (json.load(f).get("run_config") or {}).get("model") or {}
+    if "name" not in model_cfg:
+        raise UserError(f"{config} does not name the model (run_config.model.name)")
+    state = dict(read_checkpoint(weights))
+    encoder = create_encoder(model_cfg["name"], num_classes=0, global_pool="token", **(model_cfg.get("arch") or {}))
+    from uniemox.convert import load_into
+    report = load_into(encoder, state)
+    if report.missing or report.unexpected:
+        raise UserError(f"{weights} does not match {model_cfg['name']}: {report.summary()}")
+    return write_export(encoder.state_dict(), out_dir, model_cfg["name"], model_cfg.get("arch") or {}, 0, "token",
+                        extra={"source": os.path.abspath(src), "kind": "pretrained encoder"})

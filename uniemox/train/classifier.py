@@ -1,0 +1,84 @@
+"""The models fine-tuning trains: the whole encoder with a head, or a linear probe.
+
+* fine-tuning: ``create_encoder(name, num_classes, global_pool, drop_path_rate)``, i.e. pooled
+  tokens -> LayerNorm -> Linear (init std 2e-5), trained end to end.
+* linear probe (MAE's recipe): the encoder is frozen and kept OUTSIDE the module tree (so the
+  DeepSpeed engine and its checkpoints hold the head alone); the head is
+  BatchNorm1d(affine=False, eps 1e-6) -> Linear (init std 0.01). For export the BatchNorm is
+  folded into the Linear (eval mode: W' = W / s, b' = b - W' mu, s = sqrt(var + eps)), which
+  gives a plain timm-style classifier.
+"""
+import os
+from typing import Dict
+
+import torch
+import torch.nn as nn
+
+from uniemox.convert import LoadReport
+from uniemox.errors import UserError
+
+
+def resolve_init(path: str) -> str:
+    """A weights file from ``model.init``: a file as is; in a folder, a pretraining export's
+    encoder.safetensors or a timm export's model.safetensors."""
+    if os.path.isfile(path):
+        return path
+    if os.path.isdir(path):
+        for name in ("encoder.safetensors", "model.safetensors"):
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise UserError(f"model.init {path}: a folder without encoder.safetensors or model.safetensors "
+                        f"(for a pretraining checkpoint run 'python launch/pretrain.py --export CKPT OUT' first)")
+    raise UserError(f"model.init not found: {path}")
+
+
+def load_init(encoder: nn.Module, path: str) -> LoadReport:
+    """Pretrained encoder weights (any layout ``uniemox.convert`` reads) into a classifier; a
+    head of another class count is left out (fresh head, as MAE fine-tuning)."""
+    import logging
+
+    from uniemox.convert import load_into, read_checkpoint, split_checkpoint
+
+    file = resolve_init(path)
+    sd, _ = split_checkpoint(read_checkpoint(file))
+    if any(k.startswith("model.") for k in sd):  # a pretrainer state dict (pretraining export)
+        sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+    own = encoder.state_dict()
+    ignore = [k for k in sd if k.startswith(("decoder_", "mask_token"))]
+    ignore += [k for k in ("head.weight", "head.bias") if k in sd and (k not in own or own[k].shape != sd[k].shape)]
+    report = load_into(encoder, {k: v for k, v in sd.items() if k not in ignore}, ignore_unexpected=ignore)
+    logging.getLogger(__name__).info("init from %s: %s", file, report.summary())
+    return report
+
+
+class LinearProbe(nn.Module):
+    def __init__(self, encoder: nn.Module, num_classes: int):
+        super().__init__()
+        encoder.requires_grad_(False)
+        encoder.eval()
+        object.__setattr__(self, "encoder", encoder)  # not a submodule: frozen, outside the engine
+        self.head = nn.Sequential(nn.BatchNorm1d(encoder.num_features, affine=False, eps=1e-6),
+                                  nn.Linear(encoder.num_features, num_classes))
+        nn.init.trunc_normal_(self.head[1].weight, std=0.01)
+        nn.init.zeros_(self.head[1].bias)
+        self.autocast_dtype = None  # set by the trainer for bf16/fp16 runs
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        self.encoder.eval()  # a parent's .train() must not switch the frozen encoder's mode
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=self.autocast_dtype or torch.float32,
+                                             enabled=self.autocast_dtype is not None):
+            return self.encoder.forward_head(self.encoder.forward_features(x), pre_logits=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        return self.head(f.to(self.head[1].weight.dtype))
+
+    def folded_state(self) -> Dict[str, torch.Tensor]:
+        """Encoder + head with the BatchNorm folded in: a plain classifier's state dict."""
+        bn, fc = self.head
+        scale = torch.sqrt(bn.running_var.float() + bn.eps)
+        weight = fc.weight.float() / scale[None, :]
+        bias = fc.bias.float() - weight @ bn.running_mean.float()
+        state = {k: v for k, v in self.encoder.state_dict().items() if not k.startswith("head.")}
+        state.update({"head.weight": weight, "head.bias": bias})
+        return state

@@ -1,0 +1,77 @@
+"""The pieces of one fine-tuning step (METHOD §5): loss, optimizer groups, the micro-step.
+
+Loss: BCE with logits for multi-label heads; soft-target cross-entropy after mixup/cutmix
+(the mixed targets carry the label smoothing); label-smoothing cross-entropy; or plain
+cross-entropy. Optimizer: AdamW on layer-wise lr-decay groups (fine-tuning), or LARS
+(MAE's linear probe: trust ratio on weight matrices only, momentum 0.9, no weight decay).
+"""
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from uniemox.errors import UserError
+
+from .guard import all_ranks_finite, engine_checks_gradients, local_grad_norm
+from .lrd import layer_decay_groups
+from .param_groups import decay_groups
+
+
+def build_criterion(multi_label: bool, mixup: bool, smoothing: float) -> Callable:
+    if multi_label:
+        return lambda logits, target: F.binary_cross_entropy_with_logits(logits, target)
+    if mixup:
+        return lambda logits, target: torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    return lambda logits, target: F.cross_entropy(logits, target, label_smoothing=smoothing)
+
+
+def param_groups(model: nn.Module, linear_probe: bool, weight_decay: float, layer_decay: float) -> List[Dict]:
+    if linear_probe:  # the probe's head only; LARS adapts weight matrices, not biases (MAE)
+        groups = decay_groups(model, weight_decay)
+        for g in groups:
+            g["always_adapt"] = any(p.ndim > 1 for p in g["params"])
+        return [g for g in groups if g["params"]]
+    if layer_decay < 1.0:
+        return layer_decay_groups(model, weight_decay, layer_decay)
+    return [g for g in decay_groups(model, weight_decay) if g["params"]]
+
+
+def build_torch_optimizer(name: str, groups: List[Dict], lr: float, betas, ds: Dict, device: torch.device):
+    from .engine import build_optimizer, zero_stage
+
+    if name == "adamw":
+        return build_optimizer(groups, lr, betas, ds, device)
+    if name == "lars":
+        if zero_stage(ds) > 0:
+            ds["zero_allow_untested_optimizer"] = True  # LARS keeps one momentum buffer per tensor
+        from timm.optim import Lars
+        return Lars(groups, lr=lr, momentum=0.9, weight_decay=0.0, trust_coeff=0.001)
+    raise UserError(f"optim.name must be adamw or lars, got {name!r}")
+
+
+@dataclass
+class StepResult:
+    loss: Optional[float]   # None when non-finite (nothing applied)
+    applied: bool
+
+
+def train_micro_step(engine, images: torch.Tensor, target: torch.Tensor, criterion: Callable,
+                     dtype: torch.dtype) -> StepResult:
+    """Forward, loss check (all ranks agree), backward, gradient check where the engine has none
+    (fp32 ZeRO-0), step: the non-finite rules of guard.py."""
+    logits = engine(images.to(dtype))
+    loss = criterion(logits.float(), target)
+    if not all_ranks_finite(loss):
+        return StepResult(None, False)
+    value = float(loss.detach())
+    engine.backward(loss)
+    boundary = engine.is_gradient_accumulation_boundary()
+    if boundary and not engine_checks_gradients(engine):
+        norm = local_grad_norm(engine.module)
+        if norm is not None and not torch.isfinite(norm):
+            engine.zero_grad()
+            return StepResult(value, False)
+    engine.step()
+    return StepResult(value, not (boundary and not engine.was_step_applied()))
