@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from subprocesses import child_env, deepspeed_launcher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FINETUNE = os.path.join(REPO, "launch", "finetune.py")
@@ -18,7 +19,7 @@ TINY = ["model.name=uniemox_vit_tiny_patch16", "model.arch={img_size: 32, depth:
 
 def run(script, args, env=None, timeout=300):
     return subprocess.run([sys.executable, script] + list(args), cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, **(env or {})))
+                          timeout=timeout, env=child_env(env))
 
 
 def ok(proc):
@@ -134,10 +135,10 @@ def test_multi_label_emotic_style_bce_head_and_mean_ap(tmp_path):
 
 
 def test_two_ranks_gather_every_evaluation_sample_once(tmp_path):
-    proc = subprocess.run(["deepspeed", "--num_gpus", "2", FINETUNE] + TINY +
+    proc = subprocess.run(deepspeed_launcher(2) + [FINETUNE] + TINY +
                           ["optim.max_steps=2", "eval.every=2", "--label-fraction", "0.5", "--run-dir", str(tmp_path),
                            "--deepspeed", os.path.join(REPO, "configs", "zero2.json")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=child_env())
     ok(proc)
     for name in ("val_step_00000002", "test"):
         metrics = json.loads((tmp_path / "eval" / f"{name}.json").read_text())

@@ -8,11 +8,10 @@ import sys
 
 import pytest
 import torch
+from subprocesses import child_env, deepspeed_launcher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = os.path.join(REPO, "launch", "pretrain.py")
-DIST_VARS = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-             "CROSS_RANK", "CROSS_SIZE"}
 TINY = ["model.arch={img_size: 32, depth: 2, decoder_depth: 1}", "data.batch_size=8", "data.num_workers=1",
         "log.every=1", "log.progress=false", "log.image_every=2", "checkpoint.every=4"]
 
@@ -20,11 +19,7 @@ TINY = ["model.arch={img_size: 32, depth: 2, decoder_depth: 1}", "data.batch_siz
 def run(args, run_dir, stage=2, env=None, launcher=None, timeout=600):
     cmd = (launcher or [sys.executable]) + [PRETRAIN, "--deepspeed", os.path.join(REPO, "configs", f"zero{stage}.json"),
                                             "--run-dir", str(run_dir)] + TINY + list(args)
-    # a fresh process group: nothing of this pytest process's own (in-process tests may have
-    # joined one, setting RANK/MASTER_PORT) may leak into the run
-    clean = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=dict(clean, **(env or {})))
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=child_env(env))
     return proc
 
 
@@ -43,7 +38,7 @@ def ok(proc):
 
 
 def test_two_ranks_zero2(tmp_path):
-    proc = run(["optim.max_steps=4"], tmp_path, launcher=["deepspeed", "--num_gpus", "2"])
+    proc = run(["optim.max_steps=4"], tmp_path, launcher=deepspeed_launcher(2))
     ok(proc)
     tag = tmp_path / "checkpoints" / "step_00000004"
     assert (tag / "COMPLETE").is_file()
@@ -160,6 +155,6 @@ def test_init_from_an_mae_checkpoint(tmp_path):
 
 def test_resume_with_another_world_size_is_refused(tmp_path):
     ok(run(["optim.max_steps=2", "checkpoint.every=100", "log.image_every=0"], tmp_path))
-    proc = run(["optim.max_steps=4", "--resume", "auto"], tmp_path, launcher=["deepspeed", "--num_gpus", "2"])
+    proc = run(["optim.max_steps=4", "--resume", "auto"], tmp_path, launcher=deepspeed_launcher(2))
     assert proc.returncode != 0
     assert "written by 1 ranks, this run has 2" in proc.stderr
