@@ -50,5 +50,6 @@ setup(
         "uniemox-bench-reader = uniemox.launch.bench_reader:main",
         "uniemox-finetune = uniemox.launch.finetune:main",
         "uniemox-predict = uniemox.launch.predict:main",
+        "uniemox-train-teacher = uniemox.launch.train_teacher:main",
     ]},
 )

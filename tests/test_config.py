@@ -40,3 +40,9 @@ def test_bad_yaml_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_config(PretrainConfig, str(tmp_path / "bad.yaml"))
+
+
+def test_loading_leaves_the_base_untouched():
+    base = {"data": {"batch_size": 8}, "model": {"arch": {"depth": 2}}}
+    load_config(PretrainConfig, None, ["data.batch_size=16", "model.arch.depth=4"], base=base)
+    assert base == {"data": {"batch_size": 8}, "model": {"arch": {"depth": 2}}}

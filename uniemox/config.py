@@ -4,6 +4,7 @@ Like nanoGPT's configurator, but strict: an unknown key or a value of the wrong 
 ``UserError`` naming the key (with a suggestion for near misses). Values given on the
 command line are parsed as YAML scalars/lists (``data.batch_size=64``, ``optim.betas=[0.9,0.95]``).
 """
+import copy
 import dataclasses
 import difflib
 import typing
@@ -135,7 +136,7 @@ def read_yaml(path: str) -> Dict[str, Any]:
 def load_config(cls: Type[T], path: Optional[str] = None, overrides: Iterable[str] = (),
                 base: Optional[Dict[str, Any]] = None) -> T:
     """Defaults of ``cls`` < ``base`` < the YAML file at ``path`` < ``overrides``."""
-    data = merge_dicts(base or {}, read_yaml(path) if path else {})
+    data = merge_dicts(copy.deepcopy(base or {}), read_yaml(path) if path else {})  # never edit the caller's
     return from_dict(cls, apply_overrides(data, overrides))
 
 

@@ -8,17 +8,20 @@ them for backward. Text embeddings are cached per distinct prompt string (LRU): 
 repeat a lot, and only unseen ones go through the text tower.
 
 The teacher is self-contained so the pretrainer can keep it outside the DeepSpeed engine.
+`ImageInput` (how a student view is fed to the image tower) is shared with the teacher trainer
+(launch/train_teacher.py), and `zero_shot_accuracy` scores any CLIP-like pair of encoders.
 """
 import contextlib
 import logging
 from collections import OrderedDict
-from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uniemox.data.prompts import emotion_prompt
 from uniemox.errors import UserError
 from uniemox.models.teacher_weights import PathLike, build_clip
 
@@ -40,6 +43,38 @@ class CacheInfo(NamedTuple):
 def _autograd_safe(t: torch.Tensor) -> torch.Tensor:
     """A float32 copy made outside inference mode: a normal tensor autograd may save."""
     return t.float() if t.dtype != torch.float32 else t.clone()
+
+
+class ImageInput(nn.Module):
+    """What the CLIP image tower is fed from a student view (ImageNet-normalised [B, 3, H, W]):
+    input_norm "imagenet" passes it as it is (the release); "clip" re-normalises it to CLIP's
+    own mean/std, x_clip = (x * std_in + mean_in - mean_clip) / std_clip, one affine map.
+    Then a bicubic resize to the model's image size where the view differs (antialiased when
+    shrinking). Shared by the frozen teacher and the teacher trainer, so a teacher is used
+    exactly as it was trained."""
+
+    def __init__(self, clip: nn.Module, input_norm: str = "imagenet"):
+        super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise UserError(f"teacher input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
+        self.input_norm = input_norm
+        self.image_size: Tuple[int, int] = tuple(clip.visual.image_size)
+        pp = open_clip.get_model_preprocess_cfg(clip)
+        mean_in, std_in = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        mean_clip, std_clip = torch.tensor(pp["mean"]), torch.tensor(pp["std"])
+        self.register_buffer("scale", (std_in / std_clip).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", ((mean_in - mean_clip) / std_clip).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_norm == "clip":
+            x = x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
+        if tuple(x.shape[-2:]) != self.image_size:
+            down = x.shape[-2] > self.image_size[0] or x.shape[-1] > self.image_size[1]
+            x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False, antialias=down)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"input_norm={self.input_norm!r}, image_size={self.image_size}"
 
 
 class CLIPTeacher(nn.Module):
@@ -74,16 +109,9 @@ class CLIPTeacher(nn.Module):
         clip.requires_grad_(False)
         self.clip = clip.eval()
         self._embed_dim = int(open_clip.get_model_config(model_name)["embed_dim"])
-        self.image_size: Tuple[int, int] = tuple(clip.visual.image_size)
         self.tokenizer = open_clip.get_tokenizer(model_name)
 
-        # x_clip = x * scale + shift folds de-normalisation and CLIP normalisation into one affine.
-        pp = open_clip.get_model_preprocess_cfg(clip)
-        mean_in, std_in = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        mean_clip, std_clip = torch.tensor(pp["mean"]), torch.tensor(pp["std"])
-        self.register_buffer("_renorm_scale", (std_in / std_clip).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_renorm_shift", ((mean_in - mean_clip) / std_clip).view(1, 3, 1, 1),
-                             persistent=False)
+        self.image_input = ImageInput(clip, input_norm)
         self.to(device)
         log.info("CLIP teacher %s: weights %s, %s on %s, input_norm %s, embed_dim %d", model_name,
                  self.source, str(self.dtype).replace("torch.", ""), self.device, input_norm,
@@ -97,7 +125,7 @@ class CLIPTeacher(nn.Module):
             torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         if self.dtype != want:  # the teacher's dtype follows `precision`, not .to(dtype)/.half()
             self.clip.to(want)
-            self._renorm_scale, self._renorm_shift = self._renorm_scale.float(), self._renorm_shift.float()
+            self.image_input.float()
         return self
 
     def train(self, mode: bool = True) -> "CLIPTeacher":
@@ -110,6 +138,10 @@ class CLIPTeacher(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.clip.logit_scale.dtype
+
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        return self.image_input.image_size
 
     @property
     def embed_dim(self) -> int:
@@ -137,13 +169,7 @@ class CLIPTeacher(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"teacher images must be [B, 3, H, W], got {tuple(images.shape)}")
         with self._frozen():
-            x = images.to(device=self.device, dtype=torch.float32)
-            if self.input_norm == "clip":
-                x = x * self._renorm_scale + self._renorm_shift
-            if tuple(x.shape[-2:]) != self.image_size:
-                down = x.shape[-2] > self.image_size[0] or x.shape[-1] > self.image_size[1]
-                x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False,
-                                  antialias=down)
+            x = self.image_input(images.to(device=self.device, dtype=torch.float32))
             out = self.clip.encode_image(x.to(self.dtype))
         return _autograd_safe(out)
 
@@ -203,3 +229,23 @@ class CLIPTeacher(nn.Module):
         """(Omega, Lambda) = (encode_image(images), encode_text(texts))."""
         return self.encode_image(images), self.encode_text(texts)
 
+
+def zero_shot_accuracy(encode_image: Callable[[torch.Tensor], torch.Tensor],
+                       encode_text: Callable[[List[str]], torch.Tensor], batches: Iterable[Dict],
+                       class_names: Sequence[str], template: Callable[[str], str] = emotion_prompt
+                       ) -> Tuple[float, int]:
+    """CLIP zero-shot classification: predict argmax_c cos(image, text(template(class_c))).
+    batches: dicts with "image" [B, 3, H, W] and "label" [B] (e.g. `build_labeled_loader`);
+    encode_*: a model's encoders (`CLIPTeacher.encode_image` / `encode_text`, or a model in
+    training, called under no_grad). Returns (top-1 accuracy, number of images)."""
+    with torch.no_grad():
+        classes = F.normalize(encode_text([template(c) for c in class_names]).float(), dim=-1)
+        correct = total = 0
+        for batch in batches:
+            image = F.normalize(encode_image(batch["image"]).float(), dim=-1)
+            pred = (image @ classes.to(image.device).t()).argmax(dim=-1).cpu()
+            correct += int((pred == batch["label"].cpu()).sum())
+            total += len(pred)
+    if total == 0:
+        raise UserError("zero-shot evaluation got no images")
+    return correct / total, total

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 PathLike = Union[str, os.PathLike]
+# Weights that ship inside the package, named like open_clip pretrained tags: tag -> (model, file).
+# The card next to each file (same stem, .json) records how it was trained (launch/train_teacher.py).
+EMBEDDED = {"uniemox-sample": ("uniemox-clip-tiny-64", "teacher-uniemox-sample.safetensors")}
 
 
 def register_model_configs() -> None:
@@ -219,6 +222,27 @@ def _quiet_random_init_warning() -> Iterator[None]:
         root.removeFilter(drop)
 
 
+def embedded_weights(tag: str) -> Tuple[str, Path]:
+    """(model name, file) of a packaged teacher tag, e.g. "uniemox-sample": no network involved."""
+    if tag not in EMBEDDED:
+        raise UserError(f"no embedded teacher weights '{tag}' (embedded: {', '.join(EMBEDDED)})")
+    model_name, file = EMBEDDED[tag]
+    path = ASSETS / file
+    if not path.is_file():
+        raise UserError(f"the embedded teacher weights '{tag}' are missing from the installed package "
+                        f"({path}): reinstall uniemox")
+    return model_name, path
+
+
+def embedded_card(tag: str) -> Dict:
+    """The training record of a packaged teacher (command, seed, first-step loss, zero-shot accuracy)."""
+    import json
+
+    _, path = embedded_weights(tag)
+    with open(path.with_suffix(".json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
 def _check_model_name(model_name: str) -> None:
     if open_clip.get_model_config(model_name) is None:
         names = open_clip.list_models()
@@ -232,21 +256,31 @@ def build_clip(model_name: str, pretrained: Optional[str] = None,
     """The open_clip model `model_name` (fp32, CPU) with its weights; returns (model, source).
 
     weights=FILE wins over pretrained; pretrained="none" gives a random teacher (warned);
+    pretrained="uniemox-sample" (an `EMBEDDED` tag) loads weights shipped in the package;
     any other pretrained value is an open_clip tag and needs a reachable hub.
     """
     _check_model_name(model_name)
+    source = None
+    if weights is None and pretrained in EMBEDDED:
+        expected, weights = embedded_weights(pretrained)
+        if model_name != expected:
+            raise UserError(f"the embedded teacher weights '{pretrained}' belong to the model '{expected}', "
+                            f"not '{model_name}' (set teacher.model={expected})")
+        source, pretrained = f"embedded '{pretrained}' ({weights.name})", None
     if weights is not None:
         if pretrained is not None:
             log.info("teacher: weights file %s given, ignoring pretrained=%r", weights, pretrained)
+        source = source or f"file {weights}"
         sd, quick_gelu = read_weights(weights)
         with _quiet_random_init_warning():
             model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
-        load_checked(model, sd, f"file {weights}", model_name)
-        return model, f"file {weights}" + (" (OpenAI format: QuickGELU)" if quick_gelu else "")
+        load_checked(model, sd, source, model_name)
+        return model, source + (" (OpenAI format: QuickGELU)" if quick_gelu else "")
     if pretrained is None:
         raise UserError("no CLIP teacher weights: pass --teacher-weights FILE (an OpenAI or open_clip "
                         "CLIP state dict), an open_clip pretrained tag (e.g. teacher.pretrained: openai, "
-                        "needs network), or teacher.pretrained: none for a random teacher (tests only)")
+                        "needs network), teacher.pretrained: uniemox-sample (packaged, sample set only) "
+                        "or teacher.pretrained: none for a random teacher (tests only)")
     if str(pretrained).lower() == "none":
         log.warning("teacher.pretrained is 'none': the CLIP teacher '%s' has RANDOM weights, so the "
                     "distillation target is meaningless (fine for tests and smoke runs only)", model_name)

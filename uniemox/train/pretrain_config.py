@@ -94,7 +94,7 @@ class PretrainConfig:
 SAMPLE_PRESET = {
     "model": {"name": "uniemox_vit_tiny_patch16", "arch": {"img_size": 64, "depth": 6},
               "mask_ratio": 0.75},
-    "teacher": {"model": "uniemox-clip-tiny", "pretrained": "none"},
+    "teacher": {"model": "uniemox-clip-tiny-64", "pretrained": "uniemox-sample"},  # packaged, trained on this set
     "data": {"batch_size": 32, "num_workers": 2, "shuffle_buffer": 256},
     "optim": {"blr": 1.5e-3, "max_steps": 300, "warmup_steps": 30, "grad_clip": 1.0},
     "log": {"run_dir": "runs/sample", "every": 10, "image_every": 100},
