@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uniemox.config import merge_dicts, apply_overrides, load_config, read_yaml, save_config, to_dict
+from uniemox.config import apply_overrides, load_config, merge_dicts, read_yaml, to_dict
 from uniemox.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,8 +137,8 @@ def train(cfg, ds_config_path):
     from uniemox.train.checkpoint import Checkpointer, find_resume
     from uniemox.train.classifier import LinearProbe, load_init
     from uniemox.train.faults import maybe_kill
-    from uniemox.train.engine import (build_ds_config, build_engine, configure_cpu_threads, init_distributed,
-                                      resolve_precision, zero_stage)
+    from uniemox.train.engine import build_ds_config, build_engine, zero_stage
+    from uniemox.train.run import start_run
     from uniemox.train.finetune_data import prepare_data
     from uniemox.train.finetune_recipe import (build_criterion, build_torch_optimizer, param_groups,
                                                train_micro_step)
@@ -147,17 +147,8 @@ def train(cfg, ds_config_path):
     from uniemox.train.schedule import lr_at, scaled_lr, set_lr
 
     # -- processes, run directory, config ------------------------------------------------------
-    dist_info = init_distributed()
-    rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
-    run_dir, probe = cfg.log.run_dir, cfg.train.linear_probe
-    if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        save_config(cfg, os.path.join(run_dir, "config.yaml"))
-    configure_cpu_threads(device, cfg.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
-    precision = resolve_precision(cfg.train.precision, device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    torch.manual_seed(cfg.train.seed)
-    torch.set_flush_denormal(True)
+    rank, world, device, run_dir, precision, dtype = start_run(cfg)
+    probe = cfg.train.linear_probe
 
     # -- data ----------------------------------------------------------------------------------
     data = prepare_data(cfg.data.path, cfg.data.dataset, run_dir, cfg.data.train_split, cfg.data.val_split,

@@ -17,9 +17,7 @@ import sys
 import zlib
 from pathlib import Path
 
-import torch
-
-from uniemox.config import apply_overrides, load_config, read_yaml, save_config, to_dict
+from uniemox.config import apply_overrides, load_config, read_yaml, to_dict
 from uniemox.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,8 +89,8 @@ def train(cfg, ds_config_path, user_data):
     from uniemox.models.teacher import CLIPTeacher
     from uniemox.train.checkpoint import Checkpointer, find_resume
     from uniemox.train.faults import maybe_kill
-    from uniemox.train.engine import (build_ds_config, build_engine, build_optimizer, configure_cpu_threads,
-                                      init_distributed, resolve_precision, zero_stage)
+    from uniemox.train.engine import build_ds_config, build_engine, build_optimizer, zero_stage
+    from uniemox.train.run import start_run
     from uniemox.train.guard import NonFiniteGuard, NonFiniteHalt
     from uniemox.train.metrics import MetricsWriter, StepTimer, device_peak_flops, peak_memory_gib
     from uniemox.train.param_groups import decay_groups
@@ -101,16 +99,7 @@ def train(cfg, ds_config_path, user_data):
     from uniemox.train.visualize import reconstruction_grid, save_grid
 
     # -- processes, run directory, config ------------------------------------------------------
-    dist_info = init_distributed()
-    rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
-    run_dir = cfg.log.run_dir
-    if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        save_config(cfg, os.path.join(run_dir, "config.yaml"))
-    configure_cpu_threads(device, cfg.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
-    precision = resolve_precision(cfg.train.precision, device)
-    torch.manual_seed(cfg.train.seed)
-    torch.set_flush_denormal(True)  # x86 CPUs compute denormals slowly; training never needs them
+    rank, world, device, run_dir, precision, dtype = start_run(cfg)
 
     # -- data ----------------------------------------------------------------------------------
     shards = cfg.data.shards if user_data else ensure_sample_shards(rank=rank)
@@ -152,7 +141,6 @@ def train(cfg, ds_config_path, user_data):
                          world_size=world, grad_clip=cfg.optim.grad_clip, precision=precision)
     optimizer = build_optimizer(decay_groups(model, cfg.optim.weight_decay), base_lr, cfg.optim.betas, ds, device)
     engine, optimizer = build_engine(model, optimizer, ds)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
     # -- resume -----------------------------------------------------------------------------------
     ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), cfg.checkpoint.keep, rank, world)

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from uniemox.config import apply_overrides, load_config, read_yaml, save_config, to_dict
+from uniemox.config import apply_overrides, load_config, read_yaml, to_dict
 from uniemox.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,8 +201,8 @@ def train(cfg, ds_config_path, user_data, argv):
     from uniemox.data import build_pretrain_loader, ensure_sample_shards, epoch_size
     from uniemox.models.teacher_weights import build_clip
     from uniemox.train.checkpoint import Checkpointer, find_resume
-    from uniemox.train.engine import (build_ds_config, build_engine, build_optimizer, configure_cpu_threads,
-                                      init_distributed, resolve_precision, zero_stage)
+    from uniemox.train.engine import build_ds_config, build_engine, build_optimizer, zero_stage
+    from uniemox.train.run import start_run
     from uniemox.train.faults import maybe_kill
     from uniemox.train.guard import NonFiniteGuard, NonFiniteHalt
     from uniemox.train.metrics import MetricsWriter, StepTimer, peak_memory_gib
@@ -211,17 +211,7 @@ def train(cfg, ds_config_path, user_data, argv):
     from uniemox.train.step import micro_step
 
     # -- processes, run directory, config ------------------------------------------------------
-    dist_info = init_distributed()
-    rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
-    run_dir = cfg.log.run_dir
-    if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        save_config(cfg, os.path.join(run_dir, "config.yaml"))
-    configure_cpu_threads(device, cfg.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
-    precision = resolve_precision(cfg.train.precision, device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    torch.manual_seed(cfg.train.seed)
-    torch.set_flush_denormal(True)
+    rank, world, device, run_dir, precision, dtype = start_run(cfg)
 
     # -- the model (trainable open_clip, from scratch or from weights) ---------------------------
     clip, source = build_clip(cfg.model.name, pretrained=cfg.model.pretrained, weights=cfg.model.weights)

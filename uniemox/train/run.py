@@ -1,0 +1,35 @@
+"""What every training entry point does first: join the process group, create the run directory
+with the resolved config in it, size the CPU threads, settle precision and seed."""
+import os
+from typing import NamedTuple
+
+import torch
+
+from uniemox.config import save_config
+
+from .engine import configure_cpu_threads, init_distributed, resolve_precision
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class Run(NamedTuple):
+    rank: int
+    world: int
+    device: torch.device
+    run_dir: str
+    precision: str          # bf16 | fp16 | fp32, "auto" resolved for the device
+    dtype: torch.dtype      # what inputs are cast to for the engine
+
+
+def start_run(cfg) -> Run:
+    """``cfg`` needs ``log.run_dir``, ``data.num_workers``, ``train.precision`` and ``train.seed``."""
+    dist_info = init_distributed()
+    rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
+    if rank == 0:
+        os.makedirs(cfg.log.run_dir, exist_ok=True)
+        save_config(cfg, os.path.join(cfg.log.run_dir, "config.yaml"))
+    configure_cpu_threads(device, cfg.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    precision = resolve_precision(cfg.train.precision, device)
+    torch.manual_seed(cfg.train.seed)
+    torch.set_flush_denormal(True)  # x86 CPUs compute denormals slowly; training never needs them
+    return Run(rank, world, device, cfg.log.run_dir, precision, DTYPES[precision])
