@@ -17,7 +17,6 @@ import copy
 import hashlib
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -207,7 +206,7 @@ def train(cfg, ds_config_path, user_data, argv):
     from uniemox.train.guard import NonFiniteGuard, NonFiniteHalt
     from uniemox.train.metrics import MetricsWriter, StepTimer, peak_memory_gib
     from uniemox.train.param_groups import decay_groups
-    from uniemox.train.schedule import lr_at, scaled_lr, set_lr
+    from uniemox.train.schedule import lr_at, plan_steps, set_lr
     from uniemox.train.step import micro_step
 
     # -- processes, run directory, config ------------------------------------------------------
@@ -228,19 +227,8 @@ def train(cfg, ds_config_path, user_data, argv):
     eval_urls, classes = eval_setup(cfg, sample_root)
 
     # -- optimisation ---------------------------------------------------------------------------
-    global_batch = cfg.data.batch_size * cfg.optim.grad_accum * world
-    base_lr = cfg.optim.lr if cfg.optim.lr is not None else scaled_lr(cfg.optim.blr, global_batch)
-    steps_per_epoch = None
-    if cfg.optim.max_steps > 0:
-        total_steps = cfg.optim.max_steps
-    else:
-        samples = epoch_size(shards)
-        if not samples:
-            raise UserError("optim.max_steps is 0 and the shards carry no manifest to count an epoch: "
-                            "set optim.max_steps")
-        steps_per_epoch = max(1, samples // global_batch)
-        total_steps = math.ceil(cfg.optim.epochs * steps_per_epoch)
-    warmup = cfg.optim.warmup_steps or (int(cfg.optim.warmup_epochs * steps_per_epoch) if steps_per_epoch else 0)
+    global_batch, base_lr, total_steps, warmup = plan_steps(cfg.optim, cfg.data.batch_size, world,
+                                                            lambda: epoch_size(shards))
     ds = build_ds_config(ds_config_path, micro_batch=cfg.data.batch_size, grad_accum=cfg.optim.grad_accum,
                          world_size=world, grad_clip=cfg.optim.grad_clip, precision=precision)
     optimizer = build_optimizer(decay_groups(model, cfg.optim.weight_decay), base_lr, cfg.optim.betas, ds, device)
