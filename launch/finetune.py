@@ -15,46 +15,38 @@ encoder, CLS token, BatchNorm + Linear head, LARS lr 0.1 x batch / 256, no weigh
 Validation after every epoch; the best one is written to RUN_DIR/best (timm layout: loadable with
 timm.create_model), then scored on the test split. Metrics: RUN_DIR/eval/*.json, *.png, TensorBoard.
 """
-import argparse
 import itertools
 import logging
 import math
 import os
 import random
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from uniemox.config import apply_overrides, load_config, merge_dicts, read_yaml, to_dict
 from uniemox.errors import UserError
+from uniemox.launch.common import exit_halted, flag_overrides, run_parser
 
-REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("uniemox.finetune")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog="uniemox-finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Overrides: any run-config field as section.key=value, e.g. data.batch_size=64 optim.epochs=50 "
-               "aug.mixup=0 eval.every=200. See uniemox/train/finetune_config.py for every field.")
-    p.add_argument("--deepspeed", dest="ds_config", default=str(REPO / "configs" / "zero2.json"),
-                   help="DeepSpeed JSON (configs/zero{0,1,2,3}.json); default: zero2")
-    p.add_argument("--config", help="run config YAML (recipe < this file < overrides)")
+    p = run_parser("uniemox-finetune", __doc__, run_dir_help="where logs, metrics, checkpoints and best/ go",
+                   config_help="run config YAML (recipe < this file < overrides)",
+                   epilog="Overrides: any run-config field as section.key=value, e.g. data.batch_size=64 "
+                          "optim.epochs=50 aug.mixup=0 eval.every=200. See uniemox/train/finetune_config.py "
+                          "for every field.")
     p.add_argument("--data", help="shard-set folder, or a dataset folder/file make_shards reads "
                                   "(default: the embedded sample set)")
     p.add_argument("--dataset", help="split preset when --data is a dataset (emo8, fi, emotion6, ube, caer-s, heco)")
     p.add_argument("--init", help="pretrained encoder: pretraining export dir, .safetensors, MAE/release checkpoint")
     p.add_argument("--linear-probe", action="store_true", help="freeze the encoder, train the head (MAE recipe)")
     p.add_argument("--label-fraction", type=float, help="train on this class-stratified fraction (e.g. 0.1)")
-    p.add_argument("--resume", help="'auto' (newest complete checkpoint of the run dir) or a checkpoint dir")
-    p.add_argument("--run-dir", help="where logs, metrics, checkpoints and best/ go")
     p.add_argument("--export", nargs=2, metavar=("SOURCE", "OUT_DIR"),
                    help="write a timm export (model.safetensors + config.json) of a pretraining export dir "
                         "or a fine-tuning run dir (its best/) and exit")
-    p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
-    p.add_argument("overrides", nargs="*", help="section.key=value")
     return p.parse_intermixed_args(argv)
 
 
@@ -80,12 +72,9 @@ def build_config(args):
     from uniemox.train.finetune_config import (FINETUNE_RECIPE, LINEAR_PROBE_RECIPE, SAMPLE_PRESET,
                                                SAMPLE_PROBE_PRESET, FinetuneConfig)
 
-    overrides = list(args.overrides)
-    for flag, key in ((args.data, "data.path"), (args.dataset, "data.dataset"), (args.init, "model.init"),
-                      (args.label_fraction, "data.label_fraction"), (args.resume, "checkpoint.resume"),
-                      (args.run_dir, "log.run_dir")):
-        if flag is not None:
-            overrides.append(f"{key}={flag}")
+    overrides = flag_overrides(args, ((args.data, "data.path"), (args.dataset, "data.dataset"),
+                                      (args.init, "model.init"), (args.label_fraction, "data.label_fraction"),
+                                      (args.resume, "checkpoint.resume"), (args.run_dir, "log.run_dir")))
     if args.linear_probe:
         overrides.append("train.linear_probe=true")
     user = apply_overrides(read_yaml(args.config) if args.config else {}, list(overrides))
@@ -320,12 +309,7 @@ def train(cfg, ds_config_path):
                 save(step)
             maybe_kill("step", step)  # fault injection for the resume tests (UNIEMOX_FAULT)
     except NonFiniteHalt as halt:
-        if bar is not None:
-            bar.close()
-        writer.close()
-        if rank == 0:
-            print(f"error: {halt}", file=sys.stderr)
-        sys.exit(3)
+        exit_halted(halt, bar, writer, rank)
     last = save(step)
     if bar is not None:
         bar.close()

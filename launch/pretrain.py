@@ -9,48 +9,36 @@
 
 Reads top to bottom; the pieces live in uniemox/ (config, models, data, train).
 """
-import argparse
 import logging
 import os
 import sys
 import zlib
-from pathlib import Path
 
 from uniemox.config import apply_overrides, load_config, read_yaml, to_dict
 from uniemox.errors import UserError
+from uniemox.launch.common import exit_halted, flag_overrides, run_parser
 
-REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("uniemox.pretrain")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog="uniemox-pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Overrides: any run-config field as section.key=value, e.g. model.name=uniemox_vit_base_patch16 "
-               "model.mask_ratio=0.9 data.batch_size=128 optim.epochs=100 checkpoint.every=1000. "
-               "See uniemox/train/pretrain_config.py for every field and its default.")
-    p.add_argument("--deepspeed", dest="ds_config", default=str(REPO / "configs" / "zero2.json"),
-                   help="DeepSpeed JSON (configs/zero{0,1,2,3}.json, zero2_offload.json); default: zero2")
-    p.add_argument("--config", help="run config YAML (defaults < this file < overrides)")
-    p.add_argument("--resume", help="'auto' (newest complete checkpoint of the run dir) or a checkpoint dir")
+    p = run_parser("uniemox-pretrain", __doc__, run_dir_help="where logs, reconstructions and checkpoints go",
+                   epilog="Overrides: any run-config field as section.key=value, e.g. "
+                          "model.name=uniemox_vit_base_patch16 model.mask_ratio=0.9 data.batch_size=128 "
+                          "optim.epochs=100 checkpoint.every=1000. See uniemox/train/pretrain_config.py for "
+                          "every field and its default.")
     p.add_argument("--init", help="initialise from a facebookresearch/mae or UniEmoX release checkpoint")
     p.add_argument("--teacher-weights", help="CLIP weights file (OpenAI or open_clip layout)")
-    p.add_argument("--run-dir", help="where logs, reconstructions and checkpoints go")
     p.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "OUT_DIR"),
                    help="write fp32 safetensors of a checkpoint (also ZeRO-3) and exit")
-    p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the launcher
-    p.add_argument("overrides", nargs="*", help="section.key=value")
     return p.parse_args(argv)
 
 
 def build_config(args):
     from uniemox.train.pretrain_config import SAMPLE_PRESET, PretrainConfig
 
-    overrides = list(args.overrides)
-    for flag, key in ((args.resume, "checkpoint.resume"), (args.init, "model.init"),
-                      (args.teacher_weights, "teacher.weights"), (args.run_dir, "log.run_dir")):
-        if flag:
-            overrides.append(f"{key}={flag}")
+    overrides = flag_overrides(args, ((args.resume, "checkpoint.resume"), (args.init, "model.init"),
+                                      (args.teacher_weights, "teacher.weights"), (args.run_dir, "log.run_dir")))
     user = apply_overrides(read_yaml(args.config) if args.config else {}, overrides)
     base = SAMPLE_PRESET if not user.get("data", {}).get("shards") else {}
     return load_config(PretrainConfig, args.config, overrides, base=base), not base
@@ -215,12 +203,7 @@ def train(cfg, ds_config_path, user_data):
             if step % cfg.checkpoint.every == 0 and step < total_steps:
                 save(step)
     except NonFiniteHalt as halt:
-        if bar is not None:
-            bar.close()
-        writer.close()
-        if rank == 0:
-            print(f"error: {halt}", file=sys.stderr)
-        sys.exit(3)
+        exit_halted(halt, bar, writer, rank)
     last = save(step)
     if bar is not None:
         bar.close()

@@ -12,7 +12,6 @@ The result is a CLIP weights file for the pretraining teacher:
     deepspeed launch/pretrain.py ... teacher.model=NAME --teacher-weights runs/teacher/export/teacher.safetensors
 Reads top to bottom; the pieces are the pretraining run's own (uniemox/train, uniemox/data).
 """
-import argparse
 import copy
 import hashlib
 import json
@@ -27,37 +26,28 @@ from torch import nn
 
 from uniemox.config import apply_overrides, load_config, read_yaml, to_dict
 from uniemox.errors import UserError
+from uniemox.launch.common import exit_halted, flag_overrides, run_parser
 
-REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("uniemox.train_teacher")
 CARD_FORMAT = "uniemox-clip-teacher-v1"
 REPORTED = {"loss": "loss/loss", "batch_accuracy": "train/batch_accuracy", "logit_scale": "train/logit_scale"}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog="uniemox-train-teacher", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Overrides: any run-config field as section.key=value, e.g. model.name=ViT-B-16 data.batch_size=256 "
-               "data.emotion_only_prob=0.3 optim.max_steps=5000. See uniemox/train/teacher_config.py.")
-    p.add_argument("--deepspeed", dest="ds_config", default=str(REPO / "configs" / "zero2.json"),
-                   help="DeepSpeed JSON (configs/zero{0,1,2,3}.json); default: zero2")
-    p.add_argument("--config", help="run config YAML (defaults < this file < overrides)")
-    p.add_argument("--resume", help="'auto' (newest complete checkpoint of the run dir) or a checkpoint dir")
-    p.add_argument("--run-dir", help="where logs, checkpoints and the exported weights go")
+    p = run_parser("uniemox-train-teacher", __doc__,
+                   run_dir_help="where logs, checkpoints and the exported weights go",
+                   epilog="Overrides: any run-config field as section.key=value, e.g. model.name=ViT-B-16 "
+                          "data.batch_size=256 data.emotion_only_prob=0.3 optim.max_steps=5000. "
+                          "See uniemox/train/teacher_config.py.")
     p.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "OUT_FILE"),
                    help="write the CLIP weights of a checkpoint as safetensors (+ .json card) and exit")
-    p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the launcher
-    p.add_argument("overrides", nargs="*", help="section.key=value")
     return p.parse_intermixed_args(argv)  # overrides may come before and after flags
 
 
 def build_config(args):
     from uniemox.train.teacher_config import SAMPLE_PRESET, TeacherTrainConfig
 
-    overrides = list(args.overrides)
-    for flag, key in ((args.resume, "checkpoint.resume"), (args.run_dir, "log.run_dir")):
-        if flag:
-            overrides.append(f"{key}={flag}")
+    overrides = flag_overrides(args, ((args.resume, "checkpoint.resume"), (args.run_dir, "log.run_dir")))
     user = apply_overrides(read_yaml(args.config) if args.config else {}, overrides)
     # a copy: load_config merges overrides into nested dicts of `base` in place
     base = copy.deepcopy(SAMPLE_PRESET) if not user.get("data", {}).get("shards") else {}
@@ -331,12 +321,7 @@ def train(cfg, ds_config_path, user_data, argv):
             if step % cfg.checkpoint.every == 0 and step < total_steps:
                 save(step)
     except NonFiniteHalt as halt:
-        if bar is not None:
-            bar.close()
-        writer.close()
-        if rank == 0:
-            print(f"error: {halt}", file=sys.stderr)
-        sys.exit(3)
+        exit_halted(halt, bar, writer, rank)
     if bar is not None:
         bar.close()
 
