@@ -122,7 +122,7 @@ def train(cfg, ds_config_path):
     from uniemox.eval.report import write_report
     from uniemox.models import create_encoder, get_arch
     from uniemox.models.timm_models import create_from_export, write_export
-    from uniemox.train.augment import FinetuneAugment, build_mixup, build_train_loader
+    from uniemox.train.augment import FinetuneAugment, build_mixup
     from uniemox.train.checkpoint import Checkpointer, find_resume
     from uniemox.train.classifier import LinearProbe, load_init
     from uniemox.train.faults import maybe_kill
@@ -148,8 +148,10 @@ def train(cfg, ds_config_path):
     arch = get_arch(cfg.model.name, **cfg.model.arch)
     augment = FinetuneAugment(arch.img_size, cfg.aug.train_scale, cfg.aug.rand_augment, cfg.aug.reprob)
     targets_of = len(classes) if multi else None
-    train_loader = build_train_loader(data.train, cfg.data.batch_size, cfg.data.num_workers, arch.img_size, augment,
-                                      cfg.data.shuffle_buffer, cfg.data.seed, rank, world, targets_of)
+    train_loader = build_labeled_loader(data.train, cfg.data.batch_size, cfg.data.num_workers, arch.img_size,
+                                        train=True, shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.data.seed,
+                                        rank=rank, world_size=world, num_classes=targets_of,
+                                        view_transform=augment)
     eval_batch = cfg.data.eval_batch_size or cfg.data.batch_size
 
     def eval_loader(urls):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from uniemox.data import MIKELS_EMOTIONS, build_labeled_loader, build_pretrain_loader, ensure_sample_shards, shard_urls
+from uniemox.data.transforms import model_input
 from uniemox.errors import UserError
 from uniemox.launch.pretrain import build_config, parse_args
 from uniemox.models.teacher import CLIPTeacher, zero_shot_accuracy
@@ -54,7 +55,8 @@ def test_images_match_their_own_class_captions(teacher, val_urls):
     class than to the other classes' (class of the nearest caption in a batch of 64)."""
     loader = build_pretrain_loader(val_urls, batch_size=64, num_workers=1, image_size=64, shuffle_buffer=64)
     batch = next(iter(loader))
-    sim = torch.nn.functional.normalize(teacher.encode_image(batch["scene"]), dim=-1) @ \
+    scene = model_input(batch["scene"], torch.device("cpu"), torch.float32)
+    sim = torch.nn.functional.normalize(teacher.encode_image(scene), dim=-1) @ \
         torch.nn.functional.normalize(teacher.encode_text(batch["text"]), dim=-1).t()
     nearest = batch["label"][sim.argmax(dim=1)]
     assert (nearest == batch["label"]).float().mean() >= 0.8

@@ -12,7 +12,7 @@ from uniemox.data import build_labeled_loader, ensure_sample_shards, load_manife
 from uniemox.data.tarstream import RateLimitedLog, iter_shards
 from uniemox.errors import UserError
 from uniemox.models import create_encoder
-from uniemox.train.augment import FinetuneAugment, build_train_loader
+from uniemox.train.augment import FinetuneAugment
 from uniemox.train.classifier import LinearProbe, load_init
 from uniemox.train.finetune_data import prepare_data, select_fraction
 from uniemox.train.finetune_recipe import build_criterion, param_groups
@@ -88,15 +88,22 @@ def test_augmentation_is_a_function_of_the_sample_rng_and_leaves_global_rngs_alo
 def test_train_loader_batches_and_resume_position(shards):
     aug = FinetuneAugment(32, (0.08, 1.0), "rand-m9-mstd0.5-inc1", 0.25)
     urls = shard_urls(shards, ("train",))
-    loader = build_train_loader(urls, 8, 1, 32, aug, 64, 0, 0, 1)
+
+    def build():
+        return build_labeled_loader(urls, 8, 1, 32, train=True, shuffle_buffer=64, view_transform=aug)
+
+    loader = build()
     it = loader.endless()
-    next(it)
+    first = next(it)
     state = loader.state_dict()
     expected = next(it)
-    again = build_train_loader(urls, 8, 1, 32, aug, 64, 0, 0, 1)
+    again = build()
     again.load_state_dict(state)
     got = next(again.endless())
     assert got["key"] == expected["key"] and torch.equal(got["image"], expected["image"])
+    # the recipe, not the reader's plain crop + flip, made the views (same samples, same order)
+    plain = next(build_labeled_loader(urls, 8, 1, 32, train=True, shuffle_buffer=64).endless())
+    assert plain["key"] == first["key"] and not torch.equal(plain["image"], first["image"])
 
 
 def test_linear_probe_folds_its_batchnorm_into_a_plain_classifier():

@@ -35,9 +35,11 @@ def synthetic_prompt(i: int) -> str:
 
 def synthetic_batches(batch: int, image_size: int, device: torch.device, prompt_pool: int = 0,
                       seed: int = 0) -> Iterator[Dict]:
-    """Endless batches {scene, person: [B, 3, S, S] float32 on the host, text: B prompts}."""
+    """Endless batches {scene, person: [B, 3, S, S] uint8 on the host, as the pretraining reader
+    delivers them, text: B prompts}."""
     gen = torch.Generator().manual_seed(seed)
-    images = [torch.randn(2, batch, 3, image_size, image_size, generator=gen) for _ in range(POOL_BATCHES)]
+    images = [torch.randint(0, 256, (2, batch, 3, image_size, image_size), generator=gen, dtype=torch.uint8)
+              for _ in range(POOL_BATCHES)]
     if device.type == "cuda":
         images = [x.pin_memory() for x in images]  # as a loader with pin_memory=True delivers them
     for step in itertools.count():

@@ -12,8 +12,9 @@
   with every prompt tokenised and encoded on every step (``ReleaseTeacher``), ``loss.item()``
   checked for finiteness (MAE's check), plain ``torch.optim.AdamW`` (foreach), no DeepSpeed.
 
-Both build the model from the same seed, get the same batches and masking noise, use the
-same parameter groups, learning rate and gradient clipping.
+Both build the model from the same seed, get the same batches (uint8 views, normalised on the
+device: the reference gets this saving too) and masking noise, use the same parameter groups,
+learning rate and gradient clipping.
 """
 import math
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from uniemox.data.transforms import model_input
 from uniemox.errors import UserError
 from uniemox.models import create_pretrainer
 from uniemox.models.teacher import CLIPTeacher
@@ -124,8 +126,8 @@ def build_reference(spec: RunnerSpec, device: torch.device) -> StepRunner:
     autocast = spec.precision == "bf16"
 
     def step(batch: Batch) -> torch.Tensor:
-        scene = batch["scene"].to(device, non_blocking=True)
-        person = batch["person"].to(device, non_blocking=True)
+        scene = model_input(batch["scene"], device, torch.float32)  # fp32 weights; autocast casts
+        person = model_input(batch["person"], device, torch.float32)
         noise = batch["noise"]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = model(scene, person, batch["text"], noise[0], noise[1])["loss"]

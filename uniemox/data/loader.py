@@ -11,16 +11,19 @@ from typing import Dict, Iterator, Optional, Sequence, Union
 from torch.utils.data import DataLoader
 
 from ..errors import UserError
-from .reader import MODES, ReaderConfig, ShardStream, expand_urls
+from .reader import MODES, ReaderConfig, ShardStream, ViewTransform, expand_urls
 from .tarstream import SKIP_KINDS
 
 
 class ShardLoader:
     """Batches from WebDataset shards, resumable; iterate it once per epoch.
 
-    pretrain mode batches: scene [B,3,S,S] float32, person [B,3,S,S] float32, label int64 [B],
+    pretrain mode batches: scene [B,3,S,S] uint8, person [B,3,S,S] uint8 (unnormalised:
+    `uniemox.data.transforms.model_input` normalises them on the device), label int64 [B],
     text list[str] (METHOD §1 prompt), key list[str], has_person bool [B].
-    train/eval mode batches: image [B,3,S,S], label, key (and targets [B,C] with num_classes).
+    train/eval mode batches: image [B,3,S,S] float32 normalised, label, key (and targets [B,C]
+    with num_classes); ``view_transform`` (PIL image, random.Random) -> tensor replaces the
+    reader's own single-view transform (fine-tuning passes its RandAugment recipe).
 
     A finite loader ends each iteration at the end of the data epoch; a resampled one
     never ends unless `epoch_batches` is set, which also caps finite epochs (use it to give
@@ -29,7 +32,8 @@ class ShardLoader:
     """
 
     def __init__(self, cfg: ReaderConfig, epoch_batches: Optional[int] = None, pin_memory: bool = False,
-                 prefetch_factor: int = 2, start_state: Optional[Dict] = None):
+                 prefetch_factor: int = 2, start_state: Optional[Dict] = None,
+                 view_transform: Optional[ViewTransform] = None):
         if cfg.mode not in MODES:
             raise UserError(f"unknown reader mode {cfg.mode!r} (choose from {', '.join(MODES)})")
         if cfg.batch_size < 1 or cfg.num_workers < 0 or not 0 <= cfg.rank < cfg.world_size:
@@ -40,7 +44,9 @@ class ShardLoader:
             raise UserError(f"{len(cfg.urls)} shard(s) for {cfg.world_size} rank(s) x {cfg.streams} worker(s): "
                             f"every worker needs a shard; write smaller shards (--shard-size), use fewer "
                             f"workers, or resampled=True")
-        self.cfg, self.epoch_batches = cfg, epoch_batches
+        if view_transform is not None and cfg.mode == "pretrain":
+            raise UserError("view_transform is for train/eval mode; pretraining has its two-view transform")
+        self.cfg, self.epoch_batches, self.view_transform = cfg, epoch_batches, view_transform
         self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
         self._it = None
         self.set_epoch(0)
@@ -78,7 +84,8 @@ class ShardLoader:
             yield item
 
     def _loader(self, endless: bool = False) -> DataLoader:
-        stream = ShardStream(self.cfg, [dict(w) for w in self.workers], self.next_worker, endless)
+        stream = ShardStream(self.cfg, [dict(w) for w in self.workers], self.next_worker, endless,
+                             self.view_transform)
         return DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers, pin_memory=self.pin_memory,
                           prefetch_factor=self.prefetch_factor if self.cfg.num_workers else None)
 
@@ -148,10 +155,11 @@ def build_pretrain_loader(urls: Union[str, Sequence[str]], batch_size: int, num_
 def build_labeled_loader(urls: Union[str, Sequence[str]], batch_size: int, num_workers: int = 2,
                          image_size: int = 224, train: bool = False, shuffle_buffer: int = 1000,
                          seed: int = 0, rank: int = 0, world_size: int = 1,
-                         num_classes: Optional[int] = None, start_state: Optional[Dict] = None) -> ShardLoader:
-    """Single-view labelled batches for fine-tuning (train=True: random-resized crop + flip,
-    shuffled, full batches) or evaluation (resize + centre crop, file order, every sample once;
-    workers are capped at the shards per rank)."""
+                         num_classes: Optional[int] = None, start_state: Optional[Dict] = None,
+                         view_transform: Optional[ViewTransform] = None) -> ShardLoader:
+    """Single-view labelled batches for fine-tuning (train=True: random-resized crop + flip, or
+    ``view_transform``; shuffled, full batches) or evaluation (resize + centre crop, file order,
+    every sample once; workers are capped at the shards per rank)."""
     urls = expand_urls(urls)
     if not train:
         if len(urls) < world_size:
@@ -159,4 +167,4 @@ def build_labeled_loader(urls: Union[str, Sequence[str]], batch_size: int, num_w
         num_workers = min(num_workers, len(urls) // world_size)
     cfg = ReaderConfig(tuple(urls), batch_size, num_workers, image_size, shuffle_buffer, seed, False, rank,
                        world_size, train, "train" if train else "eval", num_classes)
-    return ShardLoader(cfg, pin_memory=False, start_state=start_state)
+    return ShardLoader(cfg, pin_memory=False, start_state=start_state, view_transform=view_transform)

@@ -26,7 +26,7 @@ import os
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from braceexpand import braceexpand
@@ -39,6 +39,7 @@ from .tarstream import IMAGE_KEYS, RateLimitedLog, iter_shards, seeded_shuffle
 from .transforms import EvalTransform, TwoViewTransform, ViewAugment
 
 MODES = ("pretrain", "train", "eval")
+ViewTransform = Callable[[Image.Image, random.Random], torch.Tensor]  # a train/eval mode view
 
 
 @dataclass(frozen=True)
@@ -114,11 +115,13 @@ def prompt_of(meta: Dict) -> str:
 class ShardStream(IterableDataset):
     """One deterministic stream per DataLoader worker (see module doc)."""
 
-    def __init__(self, cfg: ReaderConfig, start: List[Dict], rotation: int, endless: bool = False):
+    def __init__(self, cfg: ReaderConfig, start: List[Dict], rotation: int, endless: bool = False,
+                 view_transform: Optional[ViewTransform] = None):
         super().__init__()
         self.cfg, self.start, self.rotation, self.endless = cfg, start, rotation, endless
         self.two_view = TwoViewTransform(cfg.image_size)
-        self.single = ViewAugment(cfg.image_size) if cfg.mode == "train" else EvalTransform(cfg.image_size)
+        self.single = view_transform or (ViewAugment(cfg.image_size) if cfg.mode == "train"
+                                         else EvalTransform(cfg.image_size))
 
     def shards(self, epoch: int, worker: int) -> List[str]:
         cfg, urls = self.cfg, list(self.cfg.urls)

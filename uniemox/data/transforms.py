@@ -4,6 +4,10 @@ scene view: RandomResizedCrop(S, scale=(0.2, 1.0), ratio=(3/4, 4/3), bicubic), h
 flip with p=0.5, ImageNet mean/std. person view: the crop of person_box, then the same
 augmentation with its own draws; the whole image when the box is null.
 
+The two views leave the reader's workers as uint8: a quarter of float32's bytes through the
+workers' shared memory, the pinned copy and the host-to-device copy. `model_input` normalises
+them on the device, with the same float32 arithmetic as `to_tensor` (bit-identical on the CPU).
+
 Every draw comes from the `random.Random` passed in, so a sample's views are a pure
 function of (image, box, rng seed): the reader seeds it per sample, which is what makes a
 resumed run see exactly the batches of an uninterrupted one.
@@ -20,12 +24,33 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """HWC uint8 PIL image -> CHW uint8, unnormalised."""
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def normalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 [..., 3, H, W] -> float32 (x / 255 - mean) / std, on x's device."""
+    if x.dtype != torch.uint8:  # float input would be normalised twice (and in place)
+        raise TypeError(f"normalize takes uint8 views, got {x.dtype}")
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    return x.float().div_(255.0).sub_(m).div_(s)
+
+
 def to_tensor(img: Image.Image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """HWC uint8 PIL image -> CHW float32, (x / 255 - mean) / std."""
-    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return x.sub_(m).div_(s)
+    return normalize(to_uint8_tensor(img), mean, std)
+
+
+def model_input(views: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A batch of views as the model takes it: on `device` in `dtype`. uint8 views (the
+    pretraining reader's) are copied first and normalised there; float views are taken as
+    already normalised (the evaluation and fine-tuning readers')."""
+    views = views.to(device, non_blocking=True)
+    if views.dtype == torch.uint8:
+        views = normalize(views)
+    return views.to(dtype)
 
 
 def random_resized_crop_box(width: int, height: int, rng: random.Random,
@@ -70,25 +95,27 @@ def crop_person(img: Image.Image, box: Optional[Sequence[float]]) -> Image.Image
 
 
 class ViewAugment:
-    """RandomResizedCrop + horizontal flip + normalisation of one view."""
+    """RandomResizedCrop + horizontal flip of one view; normalised float32, or uint8 with
+    ``uint8=True`` (to be normalised later by `model_input`)."""
 
     def __init__(self, size: int = 224, scale: Tuple[float, float] = (0.2, 1.0),
-                 ratio: Tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5):
+                 ratio: Tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5, uint8: bool = False):
         self.size, self.scale, self.ratio, self.flip_p = size, scale, ratio, flip_p
+        self.finish = to_uint8_tensor if uint8 else to_tensor
 
     def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
         box = random_resized_crop_box(img.width, img.height, rng, self.scale, self.ratio)
         out = img.resize((self.size, self.size), Image.BICUBIC, box=box)  # crop + resize in one pass
         if rng.random() < self.flip_p:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)
-        return to_tensor(out)
+        return self.finish(out)
 
 
 class TwoViewTransform:
-    """(scene view, person view) of one image, both [3, S, S] float32."""
+    """(scene view, person view) of one image, both [3, S, S] uint8 (see the module doc)."""
 
     def __init__(self, size: int = 224, scale: Tuple[float, float] = (0.2, 1.0)):
-        self.augment = ViewAugment(size, scale)
+        self.augment = ViewAugment(size, scale, uint8=True)
 
     def __call__(self, img: Image.Image, person_box: Optional[Sequence[float]],
                  rng: random.Random) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -9,18 +9,16 @@ here those are seeded from the reader's per-sample ``random.Random`` and restore
 so a sample's augmentation stays a pure function of its position in the stream (exact resume)
 and the caller's RNG streams are untouched.
 
-`FinetuneLoader` is the shard loader with this transform in place of the reader's plain
-crop + flip (a subclass: the reader itself has no option for it yet).
+The reader takes it as its per-sample transform:
+``build_labeled_loader(..., train=True, view_transform=FinetuneAugment(...))``.
 """
 import random
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-from uniemox.data.loader import ShardLoader
-from uniemox.data.reader import ReaderConfig, ShardStream, expand_urls
 from uniemox.data.transforms import IMAGENET_MEAN, IMAGENET_STD, random_resized_crop_box, to_tensor
 
 
@@ -76,37 +74,6 @@ class FinetuneAugment:
         finally:
             random.setstate(saved)
             np.random.set_state(saved_np)
-
-
-class _AugmentedStream(ShardStream):
-    def __init__(self, cfg, start, rotation, endless=False, augment=None):
-        super().__init__(cfg, start, rotation, endless)
-        if augment is not None:
-            self.single = augment
-
-
-class FinetuneLoader(ShardLoader):
-    """`build_labeled_loader(train=True)` with `FinetuneAugment` as the per-sample transform."""
-
-    def __init__(self, cfg: ReaderConfig, augment: FinetuneAugment, start_state: Optional[dict] = None):
-        self.augment = augment
-        super().__init__(cfg, pin_memory=False, start_state=start_state)
-
-    def _loader(self, endless: bool = False):
-        from torch.utils.data import DataLoader
-
-        stream = _AugmentedStream(self.cfg, [dict(w) for w in self.workers], self.next_worker, endless,
-                                  self.augment)
-        return DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers, pin_memory=self.pin_memory,
-                          prefetch_factor=self.prefetch_factor if self.cfg.num_workers else None)
-
-
-def build_train_loader(urls, batch_size: int, num_workers: int, image_size: int, augment: FinetuneAugment,
-                       shuffle_buffer: int, seed: int, rank: int, world_size: int,
-                       num_classes: Optional[int] = None) -> FinetuneLoader:
-    cfg = ReaderConfig(tuple(expand_urls(urls)), batch_size, num_workers, image_size, shuffle_buffer, seed, False,
-                       rank, world_size, True, "train", num_classes)
-    return FinetuneLoader(cfg, augment)
 
 
 def build_mixup(mixup: float, cutmix: float, smoothing: float, num_classes: int, multi_label: bool):

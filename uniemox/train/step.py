@@ -5,6 +5,7 @@ from typing import Dict, Optional
 
 import torch
 
+from ..data.transforms import model_input
 from .guard import all_ranks_finite, engine_checks_gradients, local_grad_norm, poison_gradients
 
 LOSS_KEYS = ("loss", "reconstruction", "similarity", "contrastive")
@@ -21,7 +22,7 @@ def masking_noise(seed: int, step: int, micro: int, rank: int, batch: int, patch
 @dataclass
 class MicroStep:
     out: Dict[str, torch.Tensor]       # the pretrainer's outputs (losses, pred, mask)
-    scene: torch.Tensor                # the scene view as fed (for reconstruction grids)
+    scene: torch.Tensor                # the scene view as fed, normalised (for reconstruction grids)
     losses: Optional[Dict[str, float]]  # None when the loss was non-finite (no backward ran)
     applied: bool                      # False: this micro-step's update was skipped
 
@@ -30,8 +31,8 @@ def micro_step(engine, batch: Dict, noise: torch.Tensor, device: torch.device, d
                nan_loss: bool = False, nan_grad: bool = False) -> MicroStep:
     """Forward, loss check (all ranks agree), backward, gradient check where the engine has
     none (fp32 ZeRO-0), step. ``nan_loss`` / ``nan_grad`` inject faults for the tests."""
-    scene = batch["scene"].to(device, dtype, non_blocking=True)
-    person = batch["person"].to(device, dtype, non_blocking=True)
+    scene = model_input(batch["scene"], device, dtype)
+    person = model_input(batch["person"], device, dtype)
     out = engine(scene, person, batch["text"], noise[0], noise[1])
     loss = out["loss"] * float("nan") if nan_loss else out["loss"]
     if not all_ranks_finite(loss):
