@@ -213,7 +213,8 @@ def train(cfg, ds_config_path, user_data, argv):
     shards = cfg.data.shards if user_data else sample_root
     loader = build_pretrain_loader(shards, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                                    image_size=image_size, shuffle_buffer=cfg.data.shuffle_buffer,
-                                   seed=cfg.data.seed, resampled=cfg.data.resampled, rank=rank, world_size=world)
+                                   seed=cfg.data.seed, resampled=cfg.data.resampled, rank=rank, world_size=world,
+                                   person_view=False)  # the teacher sees the scene view only
     eval_urls, classes = eval_setup(cfg, sample_root)
 
     # -- optimisation ---------------------------------------------------------------------------

@@ -140,3 +140,13 @@ def test_endless_runs_across_epochs(shards):
     batches = loader.endless()
     keys = [k for _ in range(2 * per_epoch + 1) for k in next(batches)["key"]]
     assert loader.epoch == 3 and len(keys) > 2 * epoch_size(shards)
+
+
+def test_without_the_person_view_the_scene_views_are_unchanged(shards):
+    urls = shard_urls(shards, ("train",))
+    both = next(iter(build_pretrain_loader(urls, batch_size=4, num_workers=1, image_size=32, shuffle_buffer=8)))
+    scene_only = next(iter(build_pretrain_loader(urls, batch_size=4, num_workers=1, image_size=32,
+                                                 shuffle_buffer=8, person_view=False)))
+    assert "person" in both and "person" not in scene_only
+    assert scene_only["key"] == both["key"] and torch.equal(scene_only["scene"], both["scene"])
+    assert scene_only["text"] == both["text"] and torch.equal(scene_only["has_person"], both["has_person"])

@@ -145,10 +145,13 @@ def build_pretrain_loader(urls: Union[str, Sequence[str]], batch_size: int, num_
                           image_size: int = 224, shuffle_buffer: int = 1000, seed: int = 0,
                           resampled: bool = False, rank: int = 0, world_size: int = 1,
                           start_state: Optional[Dict] = None, epoch_batches: Optional[int] = None,
-                          drop_last: bool = True, pin_memory: bool = False) -> ShardLoader:
-    """The pretraining reader (two views + prompt); see `ShardLoader` for the batch layout."""
+                          drop_last: bool = True, pin_memory: bool = False,
+                          person_view: bool = True) -> ShardLoader:
+    """The pretraining reader (two views + prompt); see `ShardLoader` for the batch layout.
+    ``person_view=False``: batches without "person" (a caller that uses the scene view only
+    saves its crop and resize)."""
     cfg = ReaderConfig(tuple(expand_urls(urls)), batch_size, num_workers, image_size, shuffle_buffer, seed,
-                       resampled, rank, world_size, drop_last, "pretrain")
+                       resampled, rank, world_size, drop_last, "pretrain", person_view=person_view)
     return ShardLoader(cfg, epoch_batches, pin_memory, start_state=start_state)
 
 

@@ -56,6 +56,7 @@ class ReaderConfig:
     drop_last: bool = True
     mode: str = "pretrain"
     num_classes: Optional[int] = None  # multi-label targets (EMOTIC) in train/eval mode
+    person_view: bool = True  # pretrain mode: False leaves the person view out (teacher training)
 
     @property
     def streams(self) -> int:
@@ -156,7 +157,10 @@ class ShardStream(IterableDataset):
         out = {"label": label, "key": key}
         if self.cfg.mode == "pretrain":
             box = meta.get("person_box")
-            out["scene"], out["person"] = self.two_view(img, box, rng)
+            if self.cfg.person_view:
+                out["scene"], out["person"] = self.two_view(img, box, rng)
+            else:  # the scene view's draws come first: the same scene views either way
+                out["scene"] = self.two_view.augment(img, rng)
             out["text"], out["has_person"] = text, box is not None
         else:
             out["image"] = self.single(img, rng)

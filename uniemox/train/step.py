@@ -32,7 +32,7 @@ def micro_step(engine, batch: Dict, noise: torch.Tensor, device: torch.device, d
     """Forward, loss check (all ranks agree), backward, gradient check where the engine has
     none (fp32 ZeRO-0), step. ``nan_loss`` / ``nan_grad`` inject faults for the tests."""
     scene = model_input(batch["scene"], device, dtype)
-    person = model_input(batch["person"], device, dtype)
+    person = model_input(batch["person"], device, dtype) if "person" in batch else None
     out = engine(scene, person, batch["text"], noise[0], noise[1])
     loss = out["loss"] * float("nan") if nan_loss else out["loss"]
     if not all_ranks_finite(loss):
