@@ -33,8 +33,8 @@ from . import distillation_triton as distill
 from . import masking_triton as masking
 from . import reconstruction_triton as recon
 
-VIT_B_WIDTH, VIT_B_DECODER_WIDTH, CLIP_B_EMBED = 768, 512, 512
-DTYPES = {"bf16": "bf16", "fp32": "fp32"}  # torch name -> Triton pointer element type
+VIT_B_WIDTH, VIT_B_DECODER_WIDTH = 768, 512
+DTYPES = ("bf16", "fp32")  # activation dtypes, named as Triton's pointer element types
 # per-SM limits of the CUDA occupancy rules (compute capability 8.0 / 9.0 / 10.0)
 SM_LIMITS = {80: dict(regs=65536, warps=64, blocks=32, smem=163 * 1024),
              90: dict(regs=65536, warps=64, blocks=32, smem=227 * 1024),
@@ -74,7 +74,9 @@ class CompileResult:
 
 def cases(dtype: str) -> List[KernelCase]:
     """Every kernel the model launches, with ViT-B/16 widths, for ``dtype`` activations."""
-    t = DTYPES[dtype]
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    t = dtype
     block_d = masking._block_d(VIT_B_WIDTH)
     mask_blocks = dict(BLOCK_I=masking.BLOCK_I, BLOCK_D=block_d)
     out = [
@@ -132,8 +134,8 @@ def signature(case: KernelCase) -> Dict[str, str]:
 
 
 def ptxas_report(ptx: str, arch: int) -> Dict[str, int]:
-    """Registers, spilled bytes and ptxas's static shared memory of the kernel in ``ptx``,
-    from ptxas -v with the options Triton compiles with."""
+    """Registers and spilled bytes of the kernel in ``ptx``, from ptxas -v with the options
+    Triton compiles with."""
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 
     gpu = sm_arch_from_capability(arch)
@@ -179,7 +181,7 @@ def compile_case(case: KernelCase, dtype: str, arch: int) -> CompileResult:
     from triton.compiler import ASTSource
 
     result = CompileResult(case.name, case.kernel.fn.__name__, dtype, arch, ok=False, num_warps=case.num_warps,
-                           constexprs={k: v for k, v in case.constexprs.items()})
+                           constexprs=dict(case.constexprs))
     start = time.perf_counter()
     try:
         src = ASTSource(fn=case.kernel, signature=signature(case), constexprs=dict(case.constexprs))

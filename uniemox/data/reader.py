@@ -159,8 +159,8 @@ class ShardStream(IterableDataset):
             box = meta.get("person_box")
             if self.cfg.person_view:
                 out["scene"], out["person"] = self.two_view(img, box, rng)
-            else:  # the scene view's draws come first: the same scene views either way
-                out["scene"] = self.two_view.augment(img, rng)
+            else:
+                out["scene"] = self.two_view.scene(img, rng)
             out["text"], out["has_person"] = text, box is not None
         else:
             out["image"] = self.single(img, rng)

@@ -12,6 +12,7 @@ Every draw comes from the `random.Random` passed in, so a sample's views are a p
 function of (image, box, rng seed): the reader seeds it per sample, which is what makes a
 resumed run see exactly the batches of an uninterrupted one.
 """
+import functools
 import math
 import random
 from typing import Optional, Sequence, Tuple
@@ -29,12 +30,19 @@ def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
+@functools.lru_cache(maxsize=None)
+def _channel_stats(mean: Tuple[float, ...], std: Tuple[float, ...],
+                   device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    # made once per device: a new tensor per call would be a host-to-device copy on every step
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1))
+
+
 def normalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """uint8 [..., 3, H, W] -> float32 (x / 255 - mean) / std, on x's device."""
     if x.dtype != torch.uint8:  # float input would be normalised twice (and in place)
         raise TypeError(f"normalize takes uint8 views, got {x.dtype}")
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    m, s = _channel_stats(tuple(mean), tuple(std), x.device)
     return x.float().div_(255.0).sub_(m).div_(s)
 
 
@@ -117,9 +125,13 @@ class TwoViewTransform:
     def __init__(self, size: int = 224, scale: Tuple[float, float] = (0.2, 1.0)):
         self.augment = ViewAugment(size, scale, uint8=True)
 
+    def scene(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
+        """The scene view alone; its draws come first, so it equals the pair's scene view."""
+        return self.augment(img, rng)
+
     def __call__(self, img: Image.Image, person_box: Optional[Sequence[float]],
                  rng: random.Random) -> Tuple[torch.Tensor, torch.Tensor]:
-        scene = self.augment(img, rng)
+        scene = self.scene(img, rng)
         person = self.augment(crop_person(img, person_box), rng)
         return scene, person
 
