@@ -19,10 +19,13 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["uniemox", "uniemox.*"]) + ["uniemox.kernels", "uniemox.launch"],
+    # kernels/, launch/ and configs/ stand at the top of the repository and install inside the
+    # package, so an installed uniemox finds its kernels, entry points and shipped configs.
+    packages=find_packages(include=["uniemox", "uniemox.*"]) + ["uniemox.kernels", "uniemox.launch",
+                                                                "uniemox.configs"],
     package_dir={"uniemox": "uniemox", "uniemox.kernels": "kernels",
-                 "uniemox.launch": "launch"},
-    package_data={"uniemox": ["assets/*"]},
+                 "uniemox.launch": "launch", "uniemox.configs": "configs"},
+    package_data={"uniemox": ["assets/*"], "uniemox.configs": ["*.json", "*.yaml"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
@@ -30,6 +33,8 @@ setup(
         "pillow",
         "pyyaml",
         "tqdm",
+        "matplotlib",       # evaluation reports (confusion PNGs) and benchmark plots
+        "braceexpand",      # shard patterns, data-000{000..099}.tar
         "safetensors",
         "timm>=1.0",
         "open-clip-torch>=2.24",
@@ -39,7 +44,7 @@ setup(
         "triton; platform_system=='Linux'",
     ],
     extras_require={
-        "dev": ["pytest>=7", "scikit-image", "scikit-learn", "matplotlib"] + DETECT,
+        "dev": ["pytest>=7", "scikit-image", "scikit-learn"] + DETECT,
         "detect": DETECT,
         "gpu": ["xformers"],
     },

@@ -1,38 +1,76 @@
 """What the training entry points (pretrain, finetune, train_teacher) share: their common flags,
-and how a run stopped by too many non-finite steps ends."""
+the one config precedence rule, and how a run ends (exit 0; 2 for bad input, one line; 3 when
+too many non-finite steps stopped it)."""
 import argparse
+import contextlib
+import logging
 import sys
-from pathlib import Path
+from typing import Iterator, Sequence, Tuple
 
-REPO = Path(__file__).resolve().parents[1]
+from uniemox.config import PRECEDENCE, deepspeed_config, resolve_config
+from uniemox.errors import UserError
 
 
-def run_parser(prog: str, doc: str, epilog: str, run_dir_help: str,
-               config_help: str = "run config YAML (defaults < this file < overrides)") -> argparse.ArgumentParser:
+def run_parser(prog: str, doc: str, run_dir_help: str, config_section: str) -> argparse.ArgumentParser:
     """A parser with --deepspeed, --config, --resume, --run-dir, the launcher's --local_rank and
-    the positional section.key=value overrides; each entry point adds its own flags."""
-    p = argparse.ArgumentParser(prog=prog, description=doc, epilog=epilog,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--deepspeed", dest="ds_config", default=str(REPO / "configs" / "zero2.json"),
-                   help="DeepSpeed JSON (configs/zero{0,1,2,3}.json, zero2_offload.json); default: zero2")
-    p.add_argument("--config", help=config_help)
+    the section.key=value overrides (before or after the flags); each entry point adds its own."""
+    p = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"Config: {PRECEDENCE}. Every section and key, with defaults and allowed values: "
+               f"uniemox/config/{config_section}.py and uniemox/config/sections.py; recipes: configs/*.yaml.")
+    p.add_argument("--deepspeed", dest="ds_config", default=None,
+                   help="DeepSpeed JSON: a file, or a shipped one by name (zero0, zero1, zero2, zero3, "
+                        "zero2_offload); default: the shipped zero2.json")
+    p.add_argument("--config", help="run config YAML (over the recipe, under the overrides)")
     p.add_argument("--resume", help="'auto' (newest complete checkpoint of the run dir) or a checkpoint dir")
     p.add_argument("--run-dir", help=run_dir_help)
     p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the launcher
-    p.add_argument("overrides", nargs="*", help="section.key=value")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     return p
 
 
-def flag_overrides(args, pairs) -> list:
-    """The overrides plus ``key=value`` for each (flag value, config key) pair that was given."""
-    return list(args.overrides) + [f"{key}={value}" for value, key in pairs if value is not None]
+def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Overrides may stand before and after the flags, in every entry point."""
+    return parser.parse_intermixed_args(argv)
 
 
-def exit_halted(halt: Exception, bar, writer, rank: int) -> None:
-    """Too many non-finite steps in a row: close the progress bar and logs, say why, exit 3."""
-    if bar is not None:
-        bar.close()
-    writer.close()
-    if rank == 0:
-        print(f"error: {halt}", file=sys.stderr)
-    sys.exit(3)
+def build_config(cls, task, args, flags: Sequence[Tuple[str, str]] = ()):
+    """The run config of ``task`` by the one precedence rule: ``flags`` are (attribute of args,
+    config key) pairs, applied as overrides when given (--run-dir, --resume, ...)."""
+    pairs = [("resume", "checkpoint.resume"), ("run_dir", "log.run_dir")] + list(flags)
+    overrides = list(args.overrides) + [f"{key}={getattr(args, attr)}" for attr, key in pairs
+                                        if getattr(args, attr) is not None]
+    return resolve_config(cls, args.config, overrides, task.recipes)
+
+
+def train(cfg, task, args, **task_kwargs) -> None:
+    """Trainer(cfg, task).fit() with the chosen DeepSpeed JSON."""
+    from uniemox.train.trainer import Trainer
+
+    factory = (lambda c, r: task(c, r, **task_kwargs)) if task_kwargs else task
+    Trainer(cfg, factory, deepspeed_config(args.ds_config)).fit()
+
+
+@contextlib.contextmanager
+def entry_point() -> Iterator[None]:
+    """Logging as the entry points want it; bad input is one line and exit code 2, a run stopped
+    by non-finite steps one line and exit code 3 (on rank 0; every rank exits)."""
+    from uniemox.train.guard import NonFiniteHalt
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("uniemox").setLevel(logging.INFO)  # ours at INFO; libraries' INFO chatter off
+    try:
+        yield
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except NonFiniteHalt as halt:
+        if _rank() == 0:
+            print(f"error: {halt}", file=sys.stderr)
+        sys.exit(3)
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

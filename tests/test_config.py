@@ -2,7 +2,7 @@ import pytest
 
 from uniemox.config import load_config, save_config, to_dict
 from uniemox.errors import UserError
-from uniemox.train.pretrain_config import PretrainConfig
+from uniemox.config.pretrain import PretrainConfig
 
 
 def test_defaults_yaml_and_overrides(tmp_path):

@@ -1,7 +1,6 @@
 """The packaged CLIP teacher ("uniemox-sample", trained by launch/train_teacher.py on the sample
 set's train split): small, loaded without network, zero-shot well above chance on the sample
 validation split, and the teacher of the main job's sample preset."""
-import copy
 import hashlib
 import socket
 
@@ -11,10 +10,9 @@ import torch
 from uniemox.data import MIKELS_EMOTIONS, build_labeled_loader, build_pretrain_loader, ensure_sample_shards, shard_urls
 from uniemox.data.transforms import model_input
 from uniemox.errors import UserError
-from uniemox.launch.pretrain import build_config, parse_args
+from uniemox.launch.pretrain import config_of, parse_args
 from uniemox.models.teacher import CLIPTeacher, zero_shot_accuracy
 from uniemox.models.teacher_weights import build_clip, embedded_card, embedded_weights
-from uniemox.train import pretrain_config
 
 # The README states this threshold; chance is 1/8. The shipped teacher measured 0.977 (CPU).
 ZERO_SHOT_THRESHOLD = 0.85
@@ -90,19 +88,17 @@ def test_embedded_tag_refuses_another_model():
         embedded_weights("uniemox-nothing")
 
 
-def test_main_job_sample_preset_uses_the_embedded_teacher(monkeypatch):
-    # pretrain's build_config merges overrides into the preset's nested dicts: work on a copy
-    monkeypatch.setattr(pretrain_config, "SAMPLE_PRESET", copy.deepcopy(pretrain_config.SAMPLE_PRESET))
-    cfg, user_data = build_config(parse_args([]))
-    assert not user_data
+def test_main_job_sample_preset_uses_the_embedded_teacher():
+    cfg = config_of(parse_args([]))
+    assert cfg.data.shards is None  # the sample recipe: the embedded sample set
     assert (cfg.teacher.model, cfg.teacher.pretrained, cfg.teacher.weights) == (
         "uniemox-clip-tiny-64", "uniemox-sample", None)
     arch_size = cfg.model.arch["img_size"]
     t = CLIPTeacher(cfg.teacher.model, pretrained=cfg.teacher.pretrained, input_norm=cfg.teacher.input_norm)
     assert t.image_size == (arch_size, arch_size)  # the teacher sees the scene view as it was trained
     # real data: no preset, so the user names a real teacher (weights file or open_clip tag)
-    cfg, user_data = build_config(parse_args(["data.shards=/d/train-{000000..000003}.tar"]))
-    assert user_data and cfg.teacher.pretrained is None
+    cfg = config_of(parse_args(["data.shards=/d/train-{000000..000003}.tar"]))
+    assert cfg.teacher.pretrained is None and cfg.model.name == "uniemox_vit_large_patch16"
     # a weights file replaces the embedded teacher on the sample set too
-    cfg, _ = build_config(parse_args(["--teacher-weights", "/w/ViT-B-16.pt", "teacher.model=ViT-B-16"]))
+    cfg = config_of(parse_args(["--teacher-weights", "/w/ViT-B-16.pt", "teacher.model=ViT-B-16"]))
     assert cfg.teacher.weights == "/w/ViT-B-16.pt"

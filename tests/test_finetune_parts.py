@@ -12,11 +12,11 @@ from uniemox.data import build_labeled_loader, ensure_sample_shards, load_manife
 from uniemox.data.tarstream import RateLimitedLog, iter_shards
 from uniemox.errors import UserError
 from uniemox.models import create_encoder
-from uniemox.train.augment import FinetuneAugment
-from uniemox.train.classifier import LinearProbe, load_init
-from uniemox.train.finetune_data import prepare_data, select_fraction
-from uniemox.train.finetune_recipe import build_criterion, param_groups
-from uniemox.train.lrd import layer_decay_groups
+from uniemox.finetune.augment import FinetuneAugment
+from uniemox.finetune.heads import LinearProbe, load_init
+from uniemox.finetune.data import prepare_data, select_fraction
+from uniemox.finetune.recipe import build_criterion, param_groups
+from uniemox.finetune.lrd import layer_decay_groups
 
 TINY = dict(img_size=32, depth=3)
 

@@ -108,8 +108,8 @@ def test_killed_run_resumes_to_the_same_batches_and_losses(tmp_path, fault):
 
 
 def test_nan_steps_are_skipped_and_counted(tmp_path):
-    ok(run(["optim.max_steps=6", "train.inject_nan_steps=[2]", "train.inject_nan_grad_steps=[4]"], tmp_path,
-           stage=0))  # fp32 ZeRO-0: the gradient check is ours, not the engine's
+    ok(run(["optim.max_steps=6"], tmp_path, stage=0,  # fp32 ZeRO-0: the gradient check is ours, not the engine's
+           env={"UNIEMOX_FAULT": "nan_loss@step:3,nan_grad@step:5"}))
     rows = metrics(tmp_path)
     assert [rows[s]["health/skipped_steps"] for s in range(1, 7)] == [0, 0, 1, 1, 2, 2]
     from safetensors.torch import load_file
@@ -119,9 +119,10 @@ def test_nan_steps_are_skipped_and_counted(tmp_path):
 
 
 def test_too_many_nan_steps_stop_the_run_with_a_good_checkpoint(tmp_path):
-    proc = run(["optim.max_steps=10", "train.inject_nan_steps=[4,5,6]", "train.max_nonfinite=3"], tmp_path)
+    proc = run(["optim.max_steps=10", "train.max_nonfinite=3"], tmp_path,
+               env={"UNIEMOX_FAULT": "nan_loss@step:5,nan_loss@step:6,nan_loss@step:7"})
     assert proc.returncode == 3
-    assert "3 consecutive steps with a non-finite loss" in proc.stderr
+    assert "3 consecutive steps with a non-finite loss (last at step 7)" in proc.stderr
     assert (tmp_path / "checkpoints" / "step_00000004" / "COMPLETE").is_file()
     assert not (tmp_path / "checkpoints" / "step_00000010").exists()
 

@@ -30,9 +30,15 @@ def test_plan_from_steps_never_counts_the_data():
     def no_count():
         raise AssertionError("counted")
     plan = plan_steps(_optim(max_steps=300, warmup_steps=30, lr=5e-4), 32, 1, no_count)
-    assert plan == (64, 5e-4, 300, 30)
+    assert plan == (64, 5e-4, 300, 30, None)
 
 
 def test_plan_needs_a_count_or_steps():
     with pytest.raises(UserError, match="set optim.max_steps"):
         plan_steps(_optim(), 32, 1, lambda: None)
+
+
+def test_warmup_epochs_apply_to_a_step_counted_run_when_the_epoch_is_known():
+    plan = plan_steps(_optim(max_steps=300, warmup_epochs=2.0), 32, 1, lambda: 640)
+    assert plan.total_steps == 300 and plan.steps_per_epoch == 10 and plan.warmup_steps == 20
+    assert plan_steps(_optim(max_steps=300), 32, 1, lambda: None).warmup_steps == 0  # not counted: none

@@ -15,7 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from uniemox.errors import UserError
-from uniemox.launch.train_teacher import build_config, export_weights, parse_args, shorten_captions
+from uniemox.data.prompts import shorten_captions
+from uniemox.launch.train_teacher import config_of, parse_args
+from uniemox.tasks.base import MicroContext
+from uniemox.tasks.clip_teacher import export_teacher_weights
 from uniemox.losses import clip_contrastive_loss
 from uniemox.models.teacher import CLIPTeacher
 from uniemox.models.teacher_weights import embedded_card
@@ -109,11 +112,14 @@ def test_loss_refuses_mismatched_shapes():
 
 def test_shorten_captions_is_seeded_and_keeps_the_emotion_sentence():
     texts = [f"The scene type of this photo is park {i}. The overall emotion conveyed is awe." for i in range(64)]
-    assert shorten_captions(texts, 0.0, 0, 0, 0, 0) == texts
-    assert set(shorten_captions(texts, 1.0, 0, 0, 0, 0)) == {"The overall emotion conveyed is awe."}
-    a = shorten_captions(texts, 0.3, 0, 5, 0, 0)
-    assert a == shorten_captions(texts, 0.3, 0, 5, 0, 0)            # same (seed, step, micro, rank)
-    assert a != shorten_captions(texts, 0.3, 0, 6, 0, 0)            # another step draws again
+
+    def gen(step):
+        return MicroContext(step=step, micro=0, rank=0, seed=0).generator(17)
+    assert shorten_captions(texts, 0.0, gen(0)) == texts
+    assert set(shorten_captions(texts, 1.0, gen(0))) == {"The overall emotion conveyed is awe."}
+    a = shorten_captions(texts, 0.3, gen(5))
+    assert a == shorten_captions(texts, 0.3, gen(5))                # same (seed, step, micro, rank)
+    assert a != shorten_captions(texts, 0.3, gen(6))                # another step draws again
     short = sum(t == "The overall emotion conveyed is awe." for t in a)
     assert 5 <= short <= 35, short
 
@@ -133,11 +139,14 @@ def test_recorded_command_restarts_from_the_recorded_first_loss(tmp_path):
     # but the run length, logging, evaluation and where things go)
     now = json.loads((out / "export" / "teacher.json").read_text())["config"]
     shipped = dict(card["config"])
+    # the fault-injection fields left the config for the opt-in hooks module; the shipped run held them empty
+    assert [shipped["train"].pop(k) for k in ("inject_nan_steps", "inject_nan_grad_steps")] == [[], []]
     for cfg in (now, shipped):
         cfg["optim"].pop("max_steps"), cfg.pop("log"), cfg.pop("export"), cfg["eval"].pop("every")
     assert now == shipped
     # the export of a checkpoint loads as a teacher with the weights of the run's own export
-    card2 = export_weights(str(out / "checkpoints" / "step_00000002"), str(tmp_path / "again.safetensors"), "fp32")
+    card2 = export_teacher_weights(str(out / "checkpoints" / "step_00000002"), str(tmp_path / "again.safetensors"),
+                                   "fp32")
     assert card2["dtype"] == "fp32" and card2["steps"] == 2 and card2["first_step_loss"] == rows[1]["loss/loss"]
     a = CLIPTeacher("uniemox-clip-tiny-64", weights=str(out / "export" / "teacher.safetensors"))
     b = CLIPTeacher("uniemox-clip-tiny-64", weights=str(tmp_path / "again.safetensors"))
@@ -191,17 +200,17 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("data.emotion_only_prob=1.5", "data.emotion_only_prob must be in [0, 1]"),
-    ("export.dtype=int8", "export.dtype must be fp16 or fp32"),
+    ("data.emotion_only_prob=1.5", "config key 'data.emotion_only_prob': must be in [0.0, 1.0], got 1.5"),
+    ("export.dtype=int8", "config key 'export.dtype': must be one of fp16, fp32, got 'int8'"),
     ("model.nme=x", "unknown config key 'model.nme'"),
 ])
 def test_bad_config_is_refused_before_anything_starts(override, message):
     with pytest.raises(UserError, match=re.escape(message)):
-        build_config(parse_args([override]))
+        config_of(parse_args([override]))
 
 
 def test_user_data_gets_no_sample_preset():
-    cfg, user_data = build_config(parse_args(["data.shards=/d/train-{000000..000003}.tar"]))
-    assert user_data and cfg.data.emotion_only_prob == 0.0 and cfg.optim.max_steps == 0
-    cfg, user_data = build_config(parse_args([]))
-    assert not user_data and cfg.data.emotion_only_prob > 0 and cfg.optim.max_steps > 0
+    cfg = config_of(parse_args(["data.shards=/d/train-{000000..000003}.tar"]))
+    assert cfg.data.emotion_only_prob == 0.0 and cfg.optim.max_steps == 0
+    cfg = config_of(parse_args([]))
+    assert cfg.data.shards is None and cfg.data.emotion_only_prob > 0 and cfg.optim.max_steps > 0

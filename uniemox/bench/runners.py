@@ -18,18 +18,15 @@ learning rate and gradient clipping.
 """
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import torch
 
 from uniemox.data.transforms import model_input
-from uniemox.errors import UserError
 from uniemox.models import create_pretrainer
 from uniemox.models.teacher import CLIPTeacher
 from uniemox.train.param_groups import decay_groups
 
-REPO = Path(__file__).resolve().parents[2]
 VARIANTS = ("ours", "reference")
 Batch = Dict[str, object]  # scene, person [B, 3, S, S]; text: B prompts; noise [2, B, L]
 
@@ -91,15 +88,16 @@ def _pretrainer(spec: RunnerSpec, teacher: CLIPTeacher, attn: str, kernels: str,
 
 
 def deepspeed_config_path(spec: RunnerSpec) -> str:
-    path = Path(spec.deepspeed_config) if spec.deepspeed_config else REPO / "configs" / f"zero{spec.zero}.json"
-    if not path.is_file():
-        raise UserError(f"DeepSpeed config {path} not found: pass --deepspeed PATH")
-    return str(path)
+    """--deepspeed PATH, else the shipped configs/zero{N}.json of the case's stage."""
+    from uniemox.config import deepspeed_config
+
+    return deepspeed_config(spec.deepspeed_config or f"zero{spec.zero}.json")
 
 
 def build_ours(spec: RunnerSpec, device: torch.device) -> StepRunner:
+    from uniemox.tasks.pretrain import pretrain_forward
     from uniemox.train.engine import build_ds_config, build_engine, build_optimizer
-    from uniemox.train.step import micro_step
+    from uniemox.train.step import guarded_micro_step
 
     teacher = _teacher(CLIPTeacher, spec, device, precision="auto")
     model = _pretrainer(spec, teacher, spec.attn, spec.kernels, device)
@@ -110,11 +108,14 @@ def build_ours(spec: RunnerSpec, device: torch.device) -> StepRunner:
     dtype = torch.bfloat16 if spec.precision == "bf16" else torch.float32
 
     def step(batch: Batch) -> torch.Tensor:
-        # launch/pretrain.py's micro-step, without the logging and checkpointing around it
-        result = micro_step(engine, batch, batch["noise"], device, dtype)
-        if result.losses is None or not result.applied:
-            raise RuntimeError("non-finite loss or gradient in the benchmark")
-        return result.out["loss"].detach()
+        # the trainer's guarded micro-step of the pretraining task, without the report and checkpoints
+        def forward():
+            out, _ = pretrain_forward(engine, batch, batch["noise"], device, dtype)
+            return out["loss"], {"loss": out["loss"]}
+        result = guarded_micro_step(engine, forward)
+        if result.skipped:
+            raise RuntimeError(f"non-finite {result.skipped} in the benchmark")
+        return result.scalars["loss"]
 
     return StepRunner("ours", step, model, teacher, engine)
 

@@ -62,3 +62,17 @@ def build_prompt(emotion: str, attributes: Optional[Mapping] = None) -> str:
         parts.append(f"The action being performed is {_fmt(attrs['human_action'])}.")
     parts.append(emotion_prompt(emotion))
     return " ".join(parts)
+
+
+def shorten_captions(texts: Sequence[str], prob: float, generator) -> list:
+    """Cut each caption to its emotion sentence with probability ``prob`` (caption augmentation
+    for teacher training: the emotion sentence alone is the zero-shot prompt). ``generator``: a
+    torch.Generator seeded per micro-batch, so a resumed run makes the same choices."""
+    import torch
+
+    texts = list(texts)
+    if prob <= 0:
+        return texts
+    marker = emotion_prompt("{}").split("{}")[0]
+    draws = torch.rand(len(texts), generator=generator).tolist()
+    return [t[t.rfind(marker):] if d < prob and marker in t else t for t, d in zip(texts, draws)]

@@ -24,8 +24,7 @@ import torch
 import torch.distributed as dist
 
 from uniemox.errors import UserError
-
-from .faults import maybe_kill
+from uniemox.io import atomic_save, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 _TAG = re.compile(r"^step_(\d{8})$")
@@ -34,15 +33,6 @@ MARKER = "COMPLETE"
 
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> Dict[str, Any]:
@@ -85,12 +75,31 @@ def find_resume(root: str, resume: Optional[str]) -> Optional[str]:
     return path
 
 
+def read_marker(tag_path: str) -> Dict[str, Any]:
+    """The COMPLETE marker of a checkpoint: step, world size, the run config and model it was
+    written with (what export and init read the architecture from)."""
+    path = os.path.join(tag_path, MARKER)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{tag_path}: not a complete checkpoint (no {MARKER} marker)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: damaged marker ({exc})") from None
+
+
 class Checkpointer:
-    def __init__(self, root: str, keep: int, rank: int, world_size: int):
+    """Saves every ``every`` steps (0: only when asked) and keeps the newest ``keep``."""
+
+    def __init__(self, root: str, keep: int, rank: int, world_size: int, every: int = 0):
         if keep < 1:
             raise UserError(f"checkpoint.keep must be at least 1, got {keep}")
-        self.root, self.keep, self.rank, self.world_size = root, keep, rank, world_size
+        self.root, self.keep, self.rank, self.world_size, self.every = root, keep, rank, world_size, every
         os.makedirs(root, exist_ok=True)
+
+    def due(self, step: int, total_steps: int) -> bool:
+        """A periodic save at this step (the final one is the trainer's own call)."""
+        return self.every > 0 and step % self.every == 0 and step < total_steps
 
     def save(self, engine, step: int, trainer_state: Dict[str, Any], meta: Dict[str, Any]) -> str:
         """Collective: every rank must call it. Returns the tag directory."""
@@ -101,18 +110,19 @@ class Checkpointer:
         dist.barrier()
         engine.save_checkpoint(self.root, tag=tag, save_latest=False)
         state = dict(trainer_state, step=step, rng=rng_state(), world_size=self.world_size)
-        tmp = os.path.join(path, f".trainer_rank{self.rank}.pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, os.path.join(path, f"trainer_rank{self.rank}.pt"))
-        maybe_kill("save", step)
-        dist.barrier()  # every rank's files are on disk before the marker
-        if self.rank == 0:
-            marker = dict(meta, step=step, world_size=self.world_size, time=time.time())
-            _atomic_write_text(os.path.join(path, MARKER), json.dumps(marker, indent=1))
-            _atomic_write_text(os.path.join(self.root, "latest"), tag)
-            self._purge(keep_tag=tag)
-        dist.barrier()
+        atomic_save(os.path.join(path, f"trainer_rank{self.rank}.pt"), lambda tmp: torch.save(state, tmp))
+        self.commit(path, step, meta)
         return path
+
+    def commit(self, path: str, step: int, meta: Dict[str, Any]) -> None:
+        """Collective. Once every rank's files are on disk: the marker, then ``latest``, then the purge."""
+        dist.barrier()
+        if self.rank == 0:
+            atomic_write_json(os.path.join(path, MARKER),
+                              dict(meta, step=step, world_size=self.world_size, time=time.time()))
+            atomic_write_text(os.path.join(self.root, "latest"), os.path.basename(path))
+            self._purge(keep_tag=os.path.basename(path))
+        dist.barrier()
 
     def _purge(self, keep_tag: str) -> None:
         complete = complete_tags(self.root)
@@ -125,8 +135,7 @@ class Checkpointer:
     def load(self, engine, tag_path: str) -> Dict[str, Any]:
         """Restore the engine and this rank's trainer state; RNG states are set here."""
         root, tag = os.path.split(tag_path.rstrip("/"))
-        with open(os.path.join(tag_path, MARKER), encoding="utf-8") as f:
-            saved_world = json.load(f)["world_size"]
+        saved_world = read_marker(tag_path)["world_size"]
         if saved_world != self.world_size:
             raise UserError(f"checkpoint {tag_path} was written by {saved_world} ranks, this run has "
                             f"{self.world_size}: the data position cannot be resumed exactly")

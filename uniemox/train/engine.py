@@ -129,3 +129,20 @@ def configure_cpu_threads(device: torch.device, num_workers: int, local_world_si
     threads = max(1, cores // max(1, local_world_size) - num_workers)
     torch.set_num_threads(threads)
     return threads
+
+
+def fp32_module_state(engine) -> Dict[str, torch.Tensor]:
+    """The engine module's state dict with every trained parameter as its fp32 master copy
+    (DeepSpeed's public ``safe_get_full_fp32_param``; under bf16 the module holds rounded
+    weights) and frozen parameters and buffers as they are. Collective under ZeRO-3: every
+    rank must call it."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    state = {}
+    module = engine.module
+    for name, param in module.named_parameters():
+        full = safe_get_full_fp32_param(param) if param.requires_grad else None
+        state[name] = (full if full is not None else param.detach()).float().cpu()
+    for name, buf in module.named_buffers():
+        state[name] = buf.detach().cpu()
+    return {k: state[k] for k in module.state_dict() if k in state}

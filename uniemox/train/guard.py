@@ -42,33 +42,14 @@ class NonFiniteGuard:
         self.consecutive = 0
         self.total = 0
 
-    def record(self, skipped: bool, step: int, what: str = "") -> None:
+    def record(self, skipped: Optional[str], step: int) -> None:
+        """``skipped``: None for an applied step, else what was non-finite ("loss", "gradient")."""
         if not skipped:
             self.consecutive = 0
             return
         self.consecutive += 1
         self.total += 1
         if self.consecutive >= self.max_consecutive:
-            raise NonFiniteHalt(f"{self.consecutive} consecutive steps with a non-finite {what or 'loss'} "
-                                f"(last at step {step}); stopping. The last good checkpoint is kept; "
+            raise NonFiniteHalt(f"{self.consecutive} consecutive steps with a non-finite {skipped} "
+                                f"(last at step {step + 1}); stopping. The last good checkpoint is kept; "
                                 f"lower the learning rate or check the data, then resume.")
-
-
-def poison_gradients(engine) -> None:
-    """Testing aid: NaN into a gradient after backward. ZeRO-0 keeps ``.grad`` on the module;
-    ZeRO-1/2 move gradients into the optimizer's partitions, so every rank writes NaN into its
-    own flat gradient partition there (the engine's overflow check must then catch it)."""
-    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-    if grads:
-        grads[0].mul_(float("nan"))
-        return
-    optimizer = engine.optimizer
-    for name in ("averaged_gradients", "single_partition_of_fp32_groups"):
-        holder = getattr(optimizer, name, None)
-        if isinstance(holder, dict) and holder:
-            next(iter(holder.values()))[0].mul_(float("nan"))
-            return
-        if isinstance(holder, list) and holder and getattr(holder[0], "grad", None) is not None:
-            holder[0].grad.mul_(float("nan"))
-            return
-    raise RuntimeError("found no gradient to poison in this engine")

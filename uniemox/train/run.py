@@ -1,11 +1,10 @@
-"""What every training entry point does first: join the process group, create the run directory
-with the resolved config in it, size the CPU threads, settle precision and seed."""
+"""What every training run does first: join the process group, create the run directory, size the
+CPU threads, settle precision and seed. (The config of record is written once the run has
+started or resumed: Trainer.resume.)"""
 import os
 from typing import NamedTuple
 
 import torch
-
-from uniemox.config import save_config
 
 from .engine import configure_cpu_threads, init_distributed, resolve_precision
 
@@ -27,7 +26,6 @@ def start_run(cfg) -> Run:
     rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
     if rank == 0:
         os.makedirs(cfg.log.run_dir, exist_ok=True)
-        save_config(cfg, os.path.join(cfg.log.run_dir, "config.yaml"))
     configure_cpu_threads(device, cfg.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     precision = resolve_precision(cfg.train.precision, device)
     torch.manual_seed(cfg.train.seed)

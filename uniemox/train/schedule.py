@@ -29,20 +29,24 @@ class StepPlan(NamedTuple):
     base_lr: float
     total_steps: int
     warmup_steps: int
+    steps_per_epoch: Optional[int]   # None where the epoch was not counted
 
 
 def plan_steps(optim, micro_batch: int, world_size: int, epoch_samples: Callable[[], Optional[int]]) -> StepPlan:
-    """Global batch, lr (``optim.lr`` or MAE's scaling of ``optim.blr``), total and warm-up steps,
-    from ``optim.max_steps`` / ``warmup_steps`` or else from epochs of ``epoch_samples()`` samples
-    (called only then: counting may read shard manifests)."""
+    """Global batch, lr (``optim.lr`` or MAE's scaling of ``optim.blr``), total and warm-up steps.
+    Total: ``optim.max_steps``, else ``optim.epochs`` of ``epoch_samples()`` samples. Warm-up:
+    ``optim.warmup_steps``, else ``optim.warmup_epochs`` where the epoch is counted (else none).
+    ``epoch_samples()`` is called only where an epoch is needed (counting may read manifests)."""
     global_batch = micro_batch * optim.grad_accum * world_size
     base_lr = optim.lr if optim.lr is not None else scaled_lr(optim.blr, global_batch)
+    samples = epoch_samples() if optim.max_steps <= 0 or optim.warmup_steps <= 0 else None
+    steps_per_epoch = max(1, samples // global_batch) if samples else None
     if optim.max_steps > 0:
-        return StepPlan(global_batch, base_lr, optim.max_steps, optim.warmup_steps)
-    samples = epoch_samples()
-    if not samples:
+        total = optim.max_steps
+    elif steps_per_epoch is None:
         raise UserError("optim.max_steps is 0 and the shards carry no manifest to count an epoch: "
                         "set optim.max_steps")
-    steps_per_epoch = max(1, samples // global_batch)
-    warmup = optim.warmup_steps or int(optim.warmup_epochs * steps_per_epoch)
-    return StepPlan(global_batch, base_lr, math.ceil(optim.epochs * steps_per_epoch), warmup)
+    else:
+        total = math.ceil(optim.epochs * steps_per_epoch)
+    warmup = optim.warmup_steps or (int(optim.warmup_epochs * steps_per_epoch) if steps_per_epoch else 0)
+    return StepPlan(global_batch, base_lr, total, warmup, steps_per_epoch)

@@ -1,22 +1,21 @@
-"""The pieces of one fine-tuning step (METHOD §5): loss, optimizer groups, the micro-step.
+"""The loss and optimizer of fine-tuning (METHOD §5).
 
 Loss: BCE with logits for multi-label heads; soft-target cross-entropy after mixup/cutmix
 (the mixed targets carry the label smoothing); label-smoothing cross-entropy; or plain
 cross-entropy. Optimizer: AdamW on layer-wise lr-decay groups (fine-tuning), or LARS
 (MAE's linear probe: trust ratio on weight matrices only, momentum 0.9, no weight decay).
 """
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from uniemox.errors import UserError
+from uniemox.train.engine import build_optimizer, zero_stage
+from uniemox.train.param_groups import decay_groups
 
-from .guard import all_ranks_finite, engine_checks_gradients, local_grad_norm
 from .lrd import layer_decay_groups
-from .param_groups import decay_groups
 
 
 def build_criterion(multi_label: bool, mixup: bool, smoothing: float) -> Callable:
@@ -39,8 +38,6 @@ def param_groups(model: nn.Module, linear_probe: bool, weight_decay: float, laye
 
 
 def build_torch_optimizer(name: str, groups: List[Dict], lr: float, betas, ds: Dict, device: torch.device):
-    from .engine import build_optimizer, zero_stage
-
     if name == "adamw":
         return build_optimizer(groups, lr, betas, ds, device)
     if name == "lars":
@@ -49,29 +46,3 @@ def build_torch_optimizer(name: str, groups: List[Dict], lr: float, betas, ds: D
         from timm.optim import Lars
         return Lars(groups, lr=lr, momentum=0.9, weight_decay=0.0, trust_coeff=0.001)
     raise UserError(f"optim.name must be adamw or lars, got {name!r}")
-
-
-@dataclass
-class StepResult:
-    loss: Optional[float]   # None when non-finite (nothing applied)
-    applied: bool
-
-
-def train_micro_step(engine, images: torch.Tensor, target: torch.Tensor, criterion: Callable,
-                     dtype: torch.dtype) -> StepResult:
-    """Forward, loss check (all ranks agree), backward, gradient check where the engine has none
-    (fp32 ZeRO-0), step: the non-finite rules of guard.py."""
-    logits = engine(images.to(dtype))
-    loss = criterion(logits.float(), target)
-    if not all_ranks_finite(loss):
-        return StepResult(None, False)
-    value = float(loss.detach())
-    engine.backward(loss)
-    boundary = engine.is_gradient_accumulation_boundary()
-    if boundary and not engine_checks_gradients(engine):
-        norm = local_grad_norm(engine.module)
-        if norm is not None and not torch.isfinite(norm):
-            engine.zero_grad()
-            return StepResult(value, False)
-    engine.step()
-    return StepResult(value, not (boundary and not engine.was_step_applied()))

@@ -1,22 +1,61 @@
-"""Typed run configs: nested dataclasses filled from YAML and ``a.b=value`` overrides.
+"""Typed run configs: nested dataclasses filled from layered dicts, YAML and ``a.b=value`` overrides.
 
-Like nanoGPT's configurator, but strict: an unknown key or a value of the wrong type is a
-``UserError`` naming the key (with a suggestion for near misses). Values given on the
-command line are parsed as YAML scalars/lists (``data.batch_size=64``, ``optim.betas=[0.9,0.95]``).
+Like nanoGPT's configurator, but strict: an unknown key, a value of the wrong type or out of
+its declared range is a ``UserError`` naming the key (with a suggestion for near misses).
+Values given on the command line are parsed as YAML scalars/lists (``data.batch_size=64``,
+``optim.betas=[0.9,0.95]``).
+
+Precedence, the one rule of every entry point (``resolve_config``)::
+
+    dataclass defaults  <  recipes (YAML in configs/, chosen by the task)  <  --config FILE  <  section.key=value
+
+Sections merge key by key at every level; a value replaces a value.
+
+A field declares its allowed values beside its default: ``bounded(1, lo=1)``,
+``bounded(0.75, lo=0.0, hi=1.0, hi_open=True)``, ``choice("auto", "bf16", "fp32")``.
 """
 import copy
 import dataclasses
 import difflib
+import math
 import typing
-from typing import Any, Dict, Iterable, Optional, Type, TypeVar
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Type, TypeVar, Union
 
 import yaml
 
 from uniemox.errors import UserError
 
 T = TypeVar("T")
+PRECEDENCE = ("defaults < recipe < --config FILE < section.key=value overrides "
+              "(sections merge key by key; unknown keys, wrong types and out-of-range values are refused)")
 
 
+# -- declaring fields ------------------------------------------------------------------------------
+def bounded(default, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False):
+    """A numeric field with its allowed range (None: unbounded on that side)."""
+    return dataclasses.field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)})
+
+
+def choice(default, *options):
+    """A field that takes one of ``options`` (``default`` among them)."""
+    return dataclasses.field(default=default, metadata={"choices": (default,) + tuple(options)})
+
+
+def _check_range(value, spec, key: str) -> None:
+    lo, hi, lo_open, hi_open = spec
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"config key {key!r}: must be a finite number, got {value!r}")
+    bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
+    bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
+    if bad_lo or bad_hi:
+        left = "unbounded" if lo is None else f"{'(' if lo_open else '['}{lo}"
+        right = "unbounded" if hi is None else f"{hi}{')' if hi_open else ']'}"
+        raise UserError(f"config key {key!r}: must be in {left}, {right}, got {value!r}")
+
+
+# -- dicts into dataclasses ------------------------------------------------------------------------
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -26,7 +65,7 @@ def _coerce(value: Any, tp, key: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return value
-    if origin is typing.Union:
+    if origin is Union:
         if value is None and type(None) in args:
             return None
         for arg in (a for a in args if a is not type(None)):
@@ -70,21 +109,28 @@ def _unknown(key: str, valid: Iterable[str]) -> UserError:
 
 
 def from_dict(cls: Type[T], data: Dict[str, Any], prefix: str = "") -> T:
+    """``cls`` from a nested dict; types and declared ranges/choices are checked per key."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in (data or {}).items():
-        if key not in names:
-            raise _unknown(prefix + key, names)
+        if key not in fields:
+            raise _unknown(prefix + key, fields)
         kwargs[key] = _coerce(value, hints[key], prefix + key)
-    return cls(**kwargs)
+    cfg = cls(**kwargs)
+    for name, f in fields.items():  # defaults are checked too: a subclass may change them
+        value = getattr(cfg, name)
+        if "range" in f.metadata:
+            _check_range(value, f.metadata["range"], prefix + name)
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise UserError(f"config key {prefix + name!r}: must be one of "
+                            f"{', '.join(map(str, f.metadata['choices']))}, got {value!r}")
+    return cfg
 
 
 def to_dict(cfg) -> Dict[str, Any]:
     def plain(v):
-        if isinstance(v, tuple):
-            return [plain(x) for x in v]
-        if isinstance(v, list):
+        if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
@@ -92,6 +138,7 @@ def to_dict(cfg) -> Dict[str, Any]:
     return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
 
 
+# -- layers ------------------------------------------------------------------------------------------
 def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
     """``["optim.blr=1e-3", "model.name=uniemox_vit_tiny_patch16"]`` into a nested dict."""
     for item in overrides:
@@ -114,9 +161,12 @@ def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str,
 
 def merge_dicts(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
     """``top`` over ``base``, sections merged key by key (neither is modified)."""
-    out = dict(base)
+    out = copy.deepcopy(base)
     for key, value in top.items():
-        out[key] = merge_dicts(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_dicts(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
     return out
 
 
@@ -126,6 +176,8 @@ def read_yaml(path: str) -> Dict[str, Any]:
             data = yaml.safe_load(f) or {}
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a directory") from None
     except yaml.YAMLError as exc:
         raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -133,13 +185,29 @@ def read_yaml(path: str) -> Dict[str, Any]:
     return data
 
 
+Recipes = Union[Sequence[Dict[str, Any]], Callable[[Dict[str, Any]], Sequence[Dict[str, Any]]]]
+
+
+def resolve_config(cls: Type[T], path: Optional[str] = None, overrides: Iterable[str] = (),
+                   recipes: Recipes = ()) -> T:
+    """The run config by the one precedence rule (module doc). ``recipes`` is a list of dicts,
+    or a function of what the user gave (``--config`` merged with the overrides) returning it:
+    a task picks its recipes from the user's choices (e.g. the sample set when no data is named)."""
+    user = apply_overrides(read_yaml(path) if path else {}, overrides)
+    layers = recipes(copy.deepcopy(user)) if callable(recipes) else recipes
+    data: Dict[str, Any] = {}
+    for layer in list(layers) + [user]:
+        data = merge_dicts(data, layer)
+    return from_dict(cls, data)
+
+
 def load_config(cls: Type[T], path: Optional[str] = None, overrides: Iterable[str] = (),
                 base: Optional[Dict[str, Any]] = None) -> T:
     """Defaults of ``cls`` < ``base`` < the YAML file at ``path`` < ``overrides``."""
-    data = merge_dicts(copy.deepcopy(base or {}), read_yaml(path) if path else {})  # never edit the caller's
-    return from_dict(cls, apply_overrides(data, overrides))
+    return resolve_config(cls, path, overrides, [base] if base else ())
 
 
 def save_config(cfg, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    from uniemox.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

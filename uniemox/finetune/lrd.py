@@ -13,7 +13,7 @@ from typing import Dict, List
 
 import torch.nn as nn
 
-from .param_groups import decay_groups
+from uniemox.train.param_groups import decay_groups
 
 
 def layer_id(name: str, num_blocks: int) -> int:

@@ -8,8 +8,9 @@
   folded into the Linear (eval mode: W' = W / s, b' = b - W' mu, s = sqrt(var + eps)), which
   gives a plain timm-style classifier.
 """
+import json
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,26 @@ def resolve_init(path: str) -> str:
         raise UserError(f"model.init {path}: a folder without encoder.safetensors or model.safetensors "
                         f"(for a pretraining checkpoint run 'python launch/pretrain.py --export CKPT OUT' first)")
     raise UserError(f"model.init not found: {path}")
+
+
+def init_architecture(init: str) -> Dict:
+    """model.name / model.arch recorded in a pretraining or timm export folder (empty for plain
+    files, whose architecture the run config must name)."""
+    config = os.path.join(init, "config.json")
+    if not os.path.isfile(config):
+        return {}
+    try:
+        with open(config, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{config}: damaged config ({exc})") from None
+    if "run_config" in data:
+        model = data["run_config"].get("model") or {}
+        return {k: model[k] for k in ("name", "arch") if k in model}
+    if "architecture" in data:
+        return {"name": data["architecture"],
+                "arch": {k: v for k, v in (data.get("model_args") or {}).items() if k != "global_pool"}}
+    return {}
 
 
 def load_init(encoder: nn.Module, path: str) -> LoadReport:
@@ -73,12 +94,15 @@ class LinearProbe(nn.Module):
         f = self.features(x)
         return self.head(f.to(self.head[1].weight.dtype))
 
-    def folded_state(self) -> Dict[str, torch.Tensor]:
-        """Encoder + head with the BatchNorm folded in: a plain classifier's state dict."""
-        bn, fc = self.head
-        scale = torch.sqrt(bn.running_var.float() + bn.eps)
-        weight = fc.weight.float() / scale[None, :]
-        bias = fc.bias.float() - weight @ bn.running_mean.float()
+    def folded_state(self, head_state: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        """Encoder + head with the BatchNorm folded in: a plain classifier's state dict.
+        ``head_state``: this module's state dict to take the head from (e.g. the fp32 master
+        weights of the engine); default: the module's own tensors."""
+        head = head_state or self.state_dict()
+        eps = self.head[0].eps
+        scale = torch.sqrt(head["head.0.running_var"].float() + eps)
+        weight = head["head.1.weight"].float() / scale[None, :]
+        bias = head["head.1.bias"].float() - weight @ head["head.0.running_mean"].float()
         state = {k: v for k, v in self.encoder.state_dict().items() if not k.startswith("head.")}
         state.update({"head.weight": weight, "head.bias": bias})
         return state

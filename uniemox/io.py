@@ -1,0 +1,70 @@
+"""Files written whole or not at all: a temp file beside the target, flushed and fsynced, then
+renamed over it (atomic on POSIX). A reader, or a run killed mid-write, never sees half a file;
+the record it replaces stays intact until the new one is complete. The one writer of the project."""
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def atomic_write_bytes(path: PathLike, data: bytes, mode: int = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: PathLike, obj: Any, indent: int = 1) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def atomic_save(path: PathLike, write) -> Path:
+    """``write(tmp_path)`` makes the file (``torch.save``, ``safetensors.save_file`` ...); it is
+    renamed into place only once complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def replace_dir(tmp_dir: PathLike, out_dir: PathLike) -> Path:
+    """Move a finished folder into place; an existing one is swapped out first and removed
+    after, so ``out_dir`` is always either the old folder or the new one."""
+    tmp_dir, out_dir = Path(tmp_dir), Path(str(out_dir).rstrip("/"))
+    if out_dir.is_dir():
+        old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
+        os.replace(out_dir, old)
+        os.replace(tmp_dir, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp_dir, out_dir)
+    return out_dir

@@ -1,0 +1,65 @@
+"""Opt-in fault injection for the reliability tests, kept out of the production path: the trainer
+calls ``install(trainer)`` once, which does nothing unless ``UNIEMOX_FAULT`` is set. Then it wraps
+the trainer's parts (its task's forward, its checkpointer's commit, its step-end callbacks) to
+inject, at the given (1-based) step:
+
+    kill@step:N       SIGKILL this process when step N has ended (after its log, evaluation, checkpoint)
+    kill@save:N       SIGKILL while saving step N's checkpoint: files written, not yet marked complete
+    nan_loss@step:N   step N's loss is NaN
+    nan_grad@step:N   step N's loss is finite but its gradient is NaN
+
+Several faults are comma-separated: ``UNIEMOX_FAULT=nan_loss@step:3,nan_grad@step:5``.
+"""
+import os
+import signal
+from typing import Dict, Set
+
+from uniemox.errors import UserError
+
+VARIABLE = "UNIEMOX_FAULT"
+KINDS = ("kill@step", "kill@save", "nan_loss@step", "nan_grad@step")
+
+
+def parse(spec: str) -> Dict[str, Set[int]]:
+    faults: Dict[str, Set[int]] = {k: set() for k in KINDS}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        kind, _, step = item.rpartition(":")
+        if kind not in faults or not step.isdigit():
+            raise UserError(f"{VARIABLE}: bad fault {item!r} (expected one of {', '.join(k + ':N' for k in KINDS)})")
+        faults[kind].add(int(step))
+    return faults
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install(trainer) -> None:
+    spec = os.environ.get(VARIABLE)
+    if not spec:
+        return
+    faults = parse(spec)
+    if faults["kill@step"]:
+        trainer.step_end_callbacks.append(lambda step: _kill() if step in faults["kill@step"] else None)
+    if faults["kill@save"]:
+        commit = trainer.checkpointer.commit
+
+        def commit_or_die(path, step, meta):
+            if step in faults["kill@save"]:
+                _kill()
+            return commit(path, step, meta)
+        trainer.checkpointer.commit = commit_or_die
+    if faults["nan_loss@step"] or faults["nan_grad@step"]:
+        forward = trainer.task.training_forward
+
+        def poisoned(engine, batch, ctx):
+            loss, scalars = forward(engine, batch, ctx)
+            if ctx.step + 1 in faults["nan_loss@step"]:
+                loss = loss * float("nan")
+            if ctx.step + 1 in faults["nan_grad@step"]:
+                # value + 0 * sqrt(0): the value is unchanged, d/dloss = 1 + 0 * inf = NaN, and every
+                # parameter's gradient with it, whatever the ZeRO stage does with gradients
+                loss = loss + 0.0 * (loss * 0.0).sqrt()
+            return loss, scalars
+        trainer.task.training_forward = poisoned
+

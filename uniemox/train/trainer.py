@@ -1,0 +1,162 @@
+"""The training loop: one for every task (uniemox.tasks), read top to bottom.
+
+    Trainer(cfg, PretrainTask, deepspeed_config).fit()
+
+The trainer joins the process group, lets the task build its data and model, wraps the model in
+a DeepSpeed engine, resumes, then steps: learning rate, gradient accumulation over guarded
+micro-steps, the non-finite guard, the report, the task's per-step work, evaluation and
+checkpoints at their cadence, and finally a last checkpoint and the task's finish. Extension
+points: ``step_end_callbacks`` (called with the step after everything of that step is done) and
+the opt-in fault hooks of hooks.py.
+"""
+import logging
+import os
+import torch
+
+from uniemox.config import save_config, to_dict
+
+from . import hooks
+from .checkpoint import Checkpointer, find_resume
+from .engine import build_ds_config, build_engine, zero_stage
+from .guard import NonFiniteGuard, NonFiniteHalt
+from .metrics import MetricsWriter, device_peak_flops
+from .reporting import Reporter
+from .run import start_run
+from .schedule import lr_at, plan_steps, set_lr
+from .step import guarded_micro_step
+
+logger = logging.getLogger(__name__)
+
+
+class Trainer:
+    def __init__(self, cfg, task_cls, deepspeed_config: str):
+        self.cfg = cfg
+        self.run = run = start_run(cfg)
+        self.task = task = task_cls(cfg, run)
+        self.loader = task.build_data()
+        model = task.build_model()
+        self.plan = plan_steps(cfg.optim, cfg.data.batch_size, run.world, task.epoch_samples)
+        self.ds = build_ds_config(deepspeed_config, micro_batch=cfg.data.batch_size, grad_accum=cfg.optim.grad_accum,
+                                  world_size=run.world, grad_clip=cfg.optim.grad_clip, precision=run.precision)
+        optimizer = task.build_optimizer(task.param_groups(model), self.plan.base_lr, self.ds)
+        self.engine, self.optimizer = build_engine(model, optimizer, self.ds)
+        task.before_training(self.engine)
+
+        self.eval_every = task.eval_every(self.plan)
+        ckpt_every = cfg.checkpoint.every or self.eval_every or self.plan.steps_per_epoch or 0
+        self.checkpointer = Checkpointer(os.path.join(run.run_dir, "checkpoints"), cfg.checkpoint.keep, run.rank,
+                                         run.world, every=ckpt_every)
+        self.guard = NonFiniteGuard(cfg.train.max_nonfinite)
+        self.step = 0
+        self.step_end_callbacks = []
+        hooks.install(self)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def fit(self) -> None:
+        cfg, task, engine, plan = self.cfg, self.task, self.engine, self.plan
+        self.resume()
+        self.start_report()
+        batches = self.batches()
+        try:
+            while self.step < plan.total_steps:
+                lr = lr_at(self.step, plan.base_lr, plan.warmup_steps, plan.total_steps, cfg.optim.min_lr)
+                set_lr(self.optimizer, lr)
+                skipped = None
+                for micro in range(cfg.optim.grad_accum):
+                    batch = next(batches)
+                    self.reporter.batch(batch["key"])
+                    ctx = task.context(self.step, micro)
+                    result = guarded_micro_step(engine, lambda: task.training_forward(engine, batch, ctx))
+                    skipped = skipped or result.skipped
+                    if result.scalars is not None:
+                        self.reporter.add(result.scalars)
+                self.guard.record(skipped, self.step)
+                self.step += 1
+                self.report(lr)
+                task.after_step(self.step)
+                if self.evaluation_due():
+                    self.evaluate()
+                if self.checkpointer.due(self.step, plan.total_steps):
+                    self.save()
+                for callback in self.step_end_callbacks:
+                    callback(self.step)
+        except NonFiniteHalt:
+            self.reporter.close_progress()  # the last good checkpoint stays the newest one
+            self.writer.close()
+            raise
+        last = self.save()
+        self.reporter.close_progress()
+        task.finish(engine, self.step, last, self.guard.total)
+        self.writer.close()
+
+    # -- its parts, in the order they act ------------------------------------------------------------
+    def resume(self) -> None:
+        """Continue from ``checkpoint.resume`` (auto: the newest complete checkpoint, if any);
+        the run's config.yaml is written once the run has started or resumed."""
+        path = find_resume(self.checkpointer.root, self.cfg.checkpoint.resume)
+        if path:
+            state = self.checkpointer.load(self.engine, path)
+            self.step, self.guard.total = state["step"], state.get("skipped_steps", 0)
+            self.loader.load_state_dict(state["data"])
+            self.task.load_state_dict(state)
+        if self.run.rank == 0:
+            save_config(self.cfg, os.path.join(self.run.run_dir, "config.yaml"))
+
+    def start_report(self) -> None:
+        run, plan, task = self.run, self.plan, self.task
+        self.writer = MetricsWriter(run.run_dir if run.rank == 0 else None)
+        task.writer = self.writer
+        progress = task.name if run.rank == 0 and self.cfg.log.progress else None
+        self.reporter = Reporter(self.writer, self.cfg.log.every, plan.total_steps, task.report_first_step,
+                                 progress, initial_step=self.step)
+        self.flops, self.peak = task.flops_per_sample(), device_peak_flops(run.device)
+        if run.rank == 0:
+            logger.info("run dir %s | %s | %d steps, global batch %d, lr %.2e, warm-up %d | %s, ZeRO-%d, %d rank(s) "
+                        "| TensorBoard: tensorboard --logdir %s", run.run_dir, task.describe(), plan.total_steps,
+                        plan.global_batch, plan.base_lr, plan.warmup_steps, run.precision, zero_stage(self.ds),
+                        run.world, os.path.join(run.run_dir, "tb"))
+
+    def batches(self):
+        """The loader's endless stream. Its DataLoader seeds workers from the global RNG on the
+        first batch: that draw is kept out of the run's RNG streams, so a resumed run draws as
+        an uninterrupted one."""
+        stream = self.loader.endless()
+        with torch.random.fork_rng(devices=[]):
+            first = next(stream)
+        yield first
+        yield from stream
+
+    def report(self, lr: float) -> None:
+        def extra():
+            values = self.reporter.timer.summary(self.flops, self.peak)
+            grad_norm = self.engine.get_global_grad_norm()
+            if grad_norm is not None:
+                values["optim/grad_norm"] = float(grad_norm)
+            values.update({"optim/lr": lr, "health/skipped_steps": self.guard.total,
+                           "health/skipped_samples": float(self.loader.skipped)})
+            return values
+
+        def postfix(values):
+            return dict({"loss": f"{values.get(self.task.loss_name, float('nan')):.4f}", "lr": f"{lr:.2e}",
+                         "sps": f"{values['perf/samples_per_s']:.1f}", "data": f"{values['perf/data_share']:.0%}",
+                         "skip": self.guard.total}, **self.task.progress_fields(values))
+
+        samples = self.cfg.data.batch_size * self.cfg.optim.grad_accum * self.run.world
+        values = self.reporter.step_done(self.step, samples, self.run.device, extra, postfix)
+        if values is not None:
+            self.task.on_report(self.step, values)
+
+    def evaluation_due(self) -> bool:
+        every = self.eval_every
+        return every is not None and (self.step == self.plan.total_steps or (every > 0 and self.step % every == 0))
+
+    def evaluate(self) -> None:
+        values = self.task.evaluate(self.engine, self.step)
+        if values:
+            self.writer.scalars(values, self.step)
+        self.reporter.timer.reset()  # evaluation time is not training throughput
+
+    def save(self) -> str:
+        state = dict(self.task.state_dict(), data=self.loader.state_dict(), skipped_steps=self.guard.total)
+        meta = dict(self.task.checkpoint_meta(self.step), config=to_dict(self.cfg))
+        return self.checkpointer.save(self.engine, self.step, state, meta)
