@@ -52,7 +52,6 @@ setup(
         "uniemox-pretrain = uniemox.launch.pretrain:main",
         "uniemox-make-shards = uniemox.launch.make_shards:main",
         "uniemox-benchmark = uniemox.launch.benchmark:main",
-        "uniemox-bench-reader = uniemox.launch.bench_reader:main",
         "uniemox-finetune = uniemox.launch.finetune:main",
         "uniemox-predict = uniemox.launch.predict:main",
         "uniemox-train-teacher = uniemox.launch.train_teacher:main",

@@ -12,9 +12,8 @@ from typing import Tuple
 
 import torch
 
+from .constants import COSINE_EPS as EPS
 from .dispatch import resolve_impl
-
-EPS = 1.0e-8  # guards the norms of all-zero rows, as torch.nn.functional.cosine_similarity
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .distillation import EPS
+from .constants import COSINE_EPS as EPS
 
 BLOCK_B = 16    # rows per program (tl.dot needs >= 16)
 BLOCK_M = 32    # text rows per tile

@@ -1,6 +1,7 @@
 """MAE pixel reconstruction loss (METHOD §2, L3) on the removed patches only."""
 import torch
 
+from .constants import NORM_PIX_EPS
 from .dispatch import resolve_impl
 from .patches import patchify
 
@@ -17,7 +18,7 @@ def masked_patch_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     if norm_pix:
         mean = target.mean(dim=-1, keepdim=True)
         var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + 1.0e-6) ** 0.5
+        target = (target - mean) / (var + NORM_PIX_EPS) ** 0.5
     per_patch = (pred.float() - target).pow(2).mean(dim=-1)
     mask = mask.float()
     return (per_patch * mask).sum() / mask.sum()

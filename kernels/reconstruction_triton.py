@@ -16,8 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .constants import NORM_PIX_EPS
+
 CHANNELS = 3
-NORM_EPS = tl.constexpr(1.0e-6)  # as the reference's (var + 1e-6) ** 0.5
+NORM_EPS = tl.constexpr(NORM_PIX_EPS)  # as the reference's (var + eps) ** 0.5
 
 
 @triton.jit

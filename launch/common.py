@@ -52,13 +52,15 @@ def train(cfg, task, args, **task_kwargs) -> None:
 
 
 @contextlib.contextmanager
-def entry_point() -> Iterator[None]:
-    """Logging as the entry points want it; bad input is one line and exit code 2, a run stopped
-    by non-finite steps one line and exit code 3 (on rank 0; every rank exits)."""
+def entry_point(progress_log: bool = True) -> Iterator[None]:
+    """Logging as the entry points want it (``progress_log``: the project's INFO lines, as a
+    training run has them); bad input is one line and exit code 2, a run stopped by non-finite
+    steps one line and exit code 3 (on rank 0; every rank exits)."""
     from uniemox.train.guard import NonFiniteHalt
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("uniemox").setLevel(logging.INFO)  # ours at INFO; libraries' INFO chatter off
+    if progress_log:
+        logging.getLogger("uniemox").setLevel(logging.INFO)  # ours at INFO; libraries' INFO chatter off
     try:
         yield
     except UserError as err:

@@ -14,12 +14,11 @@ run, or --teacher-weights). --eval: metrics on a split of a labelled shard set i
 """
 import argparse
 import json
-import logging
 import sys
 
 import torch
 
-from uniemox.errors import UserError
+from uniemox.launch.common import entry_point
 
 
 def parse_args(argv=None):
@@ -47,99 +46,56 @@ def parse_args(argv=None):
     return p.parse_intermixed_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        if bool(args.images) == bool(args.eval):
-            raise UserError("give image files/folders, or --eval SHARDS (one of the two)")
-        if args.top_k < 1:
-            raise UserError(f"--top-k must be >= 1, got {args.top_k}")
-        run(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    return 0
-
-
-def build_model(args, device, class_names=None):
-    """-> (score(scene, person, has_person) -> probabilities, class names, image size, multi_label)."""
-    from uniemox.data import MIKELS_EMOTIONS
+def scorer_of(args, device):
+    from uniemox.data import MIKELS_EMOTIONS, load_manifest
+    from uniemox.eval.scorers import classifier_scorer, zero_shot_scorer
 
     if args.model:
-        from uniemox.eval.predict import classifier_scorer
-        from uniemox.models.timm_models import create_from_export
-
-        model, config = create_from_export(args.model)
-        if not config["num_classes"]:
-            raise UserError(f"{args.model} is an encoder without a classification head: fine-tune it first "
-                            f"(launch/finetune.py), or use --zero-shot with a pretraining export")
-        model.to(device)
-        multi = config["uniemox"].get("task") == "multi_label"
-        names = config.get("label_names") or [str(i) for i in range(config["num_classes"])]
-        size = config["pretrained_cfg"]["input_size"][-1]
-        return classifier_scorer(model, device, multi, args.person_view), names, size, multi
-    from uniemox.eval.zeroshot import build_zero_shot, image_size_of
-
-    names = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else \
-        list(class_names or MIKELS_EMOTIONS)
-    model, run_config = build_zero_shot(args.zero_shot, names, device, args.teacher_model, args.teacher_weights,
-                                        args.teacher_pretrained)
-
-    def score(scene, person, has_person):
-        use_person = args.person_view or args.eval
-        return torch.softmax(model(scene.to(device), person.to(device) if use_person else None), dim=-1)
-    return score, names, image_size_of(run_config), False
+        return classifier_scorer(args.model, device, args.person_view)
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else \
+        list(load_manifest(args.eval)["classes"] if args.eval else MIKELS_EMOTIONS)
+    return zero_shot_scorer(args.zero_shot, classes, device, args.person_view or bool(args.eval),
+                            args.teacher_model, args.teacher_weights, args.teacher_pretrained)
 
 
 @torch.no_grad()
 def run(args) -> None:
+    from uniemox.errors import UserError
+
+    if bool(args.images) == bool(args.eval):
+        raise UserError("give image files/folders, or --eval SHARDS (one of the two)")
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
     torch.manual_seed(0)  # the same output for the same input, also with a random test teacher
     device = torch.device(args.device)
+    if not args.eval:
+        from uniemox.eval.predict import list_images
+        paths = list_images(args.images)  # a missing file is reported before any model is loaded
+    scorer = scorer_of(args, device)
     if args.eval:
-        return evaluate_shards(args, device)
-    from uniemox.data.detector import build_detector
-    from uniemox.eval.predict import format_table, list_images, load_views, predict_views
+        from uniemox.eval.evaluate import evaluate_split
+        from uniemox.eval.report import format_summary
 
-    paths = list_images(args.images)
-    score, names, size, _ = build_model(args, device)
+        metrics = evaluate_split(scorer, args.eval, args.split, args.batch_size, args.top_k, args.out)
+        if args.out:
+            print(json.dumps(metrics.pop("report")), file=sys.stderr)
+        print(json.dumps(metrics, indent=1) if args.format == "json" else format_summary(
+            metrics, f"== {'zero-shot' if scorer.zero_shot else 'model'}: {args.eval} [{args.split}] =="))
+        return
+    from uniemox.data.detector import build_detector
+    from uniemox.eval.predict import format_table, load_views, predict_views
+
     detector = build_detector(args.detector, args.detector_weights) if args.person_view else None
-    views = list(load_views(paths, size, detector))
-    results = predict_views(score, views, names, args.top_k, args.batch_size)
+    views = list(load_views(paths, scorer.image_size, detector))
+    results = predict_views(scorer.score, views, scorer.classes, args.top_k, args.batch_size)
     print(json.dumps(results, indent=1) if args.format == "json" else format_table(results))
 
 
-def evaluate_shards(args, device) -> None:
-    from uniemox.data import load_manifest, shard_urls
-    from uniemox.eval.evaluate import Predictions
-    from uniemox.eval.report import format_summary, write_report
-    from uniemox.eval.shard_views import iter_view_batches
-
-    manifest = load_manifest(args.eval)
-    classes = manifest["classes"]
-    score, names, size, multi = build_model(args, device, classes)
-    if len(names) != len(classes):
-        raise UserError(f"the model has {len(names)} classes, the shard set {len(classes)}")
-    keys, scores, labels = [], [], []
-    for batch in iter_view_batches(shard_urls(args.eval, (args.split,)), size, args.batch_size,
-                                   num_classes=len(classes) if multi else None):
-        has = batch["has_person"] if (args.person_view or args.zero_shot) else torch.zeros_like(batch["has_person"])
-        scores.append(score(batch["scene"], batch["person"], has).float().cpu())
-        labels.append(batch["targets"] if multi else batch["label"])
-        keys += batch["key"]
-    if not keys:
-        raise UserError(f"no readable sample in split {args.split!r} of {args.eval}")
-    pred = Predictions(keys, torch.cat(scores).numpy(), torch.cat(labels).numpy())
-    metrics = pred.metrics(classes, multi)
-    metrics["mode"] = "zero_shot" if args.zero_shot else "model"
-    if args.out:
-        paths = write_report(metrics, args.out, args.split, predictions=pred.rows(classes, args.top_k, multi),
-                             echo=False)
-        print(json.dumps(paths), file=sys.stderr)
-    if args.format == "json":
-        print(json.dumps(metrics, indent=1))
-    else:
-        print(format_summary(metrics, f"== {'zero-shot' if args.zero_shot else 'model'}: {args.eval} [{args.split}] =="))
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with entry_point(progress_log=False):
+        run(args)
+    return 0
 
 
 if __name__ == "__main__":

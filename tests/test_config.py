@@ -46,3 +46,34 @@ def test_loading_leaves_the_base_untouched():
     base = {"data": {"batch_size": 8}, "model": {"arch": {"depth": 2}}}
     load_config(PretrainConfig, None, ["data.batch_size=16", "model.arch.depth=4"], base=base)
     assert base == {"data": {"batch_size": 8}, "model": {"arch": {"depth": 2}}}
+
+
+def test_a_tasks_section_defaults_survive_a_partial_section():
+    """Regression: a section given in part (one key of optim) once rebuilt the whole section from
+    the shared defaults, silently dropping the teacher's CLIP defaults (wd 0.2, betas 0.98)."""
+    from uniemox.config.clip_teacher import TeacherTrainConfig
+    cfg = load_config(TeacherTrainConfig, None, ["optim.max_steps=5"])
+    assert cfg.optim.max_steps == 5 and cfg.optim.weight_decay == 0.2 and cfg.optim.betas == (0.9, 0.98)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("log.every=0", "config key 'log.every': must be in [1, unbounded, got 0"),
+    ("checkpoint.every=-1", "config key 'checkpoint.every': must be in [0, unbounded, got -1"),
+    ("model.mask_ratio=1.0", "config key 'model.mask_ratio': must be in [0.0, 1.0), got 1.0"),
+    ("optim.max_steps=-5", "config key 'optim.max_steps': must be in [0, unbounded, got -5"),
+    ("optim.blr=.nan", "config key 'optim.blr': must be a finite number"),
+    ("train.precision=fp8", "config key 'train.precision': must be one of auto, bf16, fp16, fp32, got 'fp8'"),
+    ("model.fusion=concat", "config key 'model.fusion': must be one of easy, weighted_sum"),
+])
+def test_values_outside_their_declared_range_are_named(override, message):
+    with pytest.raises(UserError) as err:
+        load_config(PretrainConfig, None, [override])
+    assert message in str(err.value)
+
+
+def test_label_fraction_range():
+    from uniemox.config.classify import FinetuneConfig
+    for bad in ("1.5", "0", "-0.1"):
+        with pytest.raises(UserError, match="data.label_fraction': must be in \\(0.0, 1.0\\]"):
+            load_config(FinetuneConfig, None, [f"data.label_fraction={bad}"])
+    assert load_config(FinetuneConfig, None, ["data.label_fraction=0.1"]).data.label_fraction == 0.1

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from uniemox.data import (build_labeled_loader, build_pretrain_loader, ensure_sample_shards, epoch_size,
-                          expand_urls, load_manifest, measure_reader_throughput, shard_urls)
+                          expand_urls, load_manifest, shard_urls)
 from uniemox.data.prompts import MIKELS_EMOTIONS, build_prompt
 from uniemox.data.sample import make_image
 from uniemox.errors import UserError
@@ -120,8 +120,9 @@ def test_labeled_loader_eval_sees_every_sample_once(shards):
 
 
 def test_throughput_measure_runs(shards):
-    result = measure_reader_throughput(shard_urls(shards), num_workers=0, batches=2, batch_size=4, image_size=32)
-    assert result["images"] == 8 and result["images_per_s"] > 0
+    from uniemox.bench.loader import measure
+    result = measure(shard_urls(shards), workers=0, batch=4, image_size=32, batches=2, warmup=1)
+    assert result["samples_per_s"] > 0 and result["batches"] == 2 and result["skipped"] == 0
 
 
 def test_url_forms_and_epoch_size(shards):

@@ -24,7 +24,8 @@ StateDict = Dict[str, torch.Tensor]
 # Fixed sin-cos tables: when a file's grid differs (another image size), our own table is kept.
 _FIXED_TABLES = ("pos_embed", "decoder_pos_embed")
 # Parts of a classifier checkpoint that a pretraining model has no place for, and vice versa.
-_HEAD_KEYS = ("head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias")
+_CLASSIFIER_KEYS = ("head.weight", "head.bias")
+_HEAD_KEYS = _CLASSIFIER_KEYS + ("fc_norm.weight", "fc_norm.bias")
 # Checkpoint parts beside "model" and the pretrainer submodule each one loads into.
 _EXTRA_PARTS = {"att_fusion": "fusion", "distill_proj": "distill_proj"}
 
@@ -132,14 +133,29 @@ def load_pretrainer_checkpoint(pretrainer: nn.Module, path: str) -> LoadReport:
     return report
 
 
-def load_encoder_checkpoint(encoder: nn.Module, path: str) -> LoadReport:
-    """Encoder weights (from any accepted layout) into a ``VisionTransformer``; decoder keys of a
-    pretraining checkpoint are expected and not reported."""
-    model_sd, _ = split_checkpoint(read_checkpoint(path))
+def load_encoder_state(encoder: nn.Module, checkpoint: Mapping) -> LoadReport:
+    """Encoder weights (a checkpoint object of any accepted layout) into a ``VisionTransformer``:
+    the one way an encoder is loaded (fine-tuning's init, exports, timm's loader, predict).
+    Decoder keys of a pretraining checkpoint are expected and not reported; a classifier head
+    that does not fit (another class count, or none wanted) is left out, so the model keeps its
+    fresh head (as MAE fine-tuning)."""
+    model_sd, _ = split_checkpoint(checkpoint)
     if any(k.startswith("model.") for k in model_sd):  # this project's own pretrainer state dict
         model_sd = {k[len("model."):]: v for k, v in model_sd.items() if k.startswith("model.")}
-    decoder = [k for k in model_sd if k.startswith(("decoder_", "mask_token"))]
-    report = load_into(encoder, model_sd, ignore_unexpected=decoder)
+    own = encoder.state_dict()
+    ignore = [k for k in model_sd if k.startswith(("decoder_", "mask_token"))]
+    head = [k for k in _CLASSIFIER_KEYS if k in model_sd and (k not in own or own[k].shape != model_sd[k].shape)]
+    if head:
+        logger.info("head not loaded: the file's head has shape %s, the model's %s (fresh head)",
+                    tuple(model_sd["head.weight"].shape),
+                    tuple(own["head.weight"].shape) if "head.weight" in own else "none")
+    ignore += head
+    return load_into(encoder, {k: v for k, v in model_sd.items() if k not in ignore}, ignore_unexpected=ignore)
+
+
+def load_encoder_checkpoint(encoder: nn.Module, path: str) -> LoadReport:
+    """``load_encoder_state`` of a checkpoint file (read without executing code)."""
+    report = load_encoder_state(encoder, read_checkpoint(path))
     logger.info("%s: %s", path, report.summary())
     return report
 

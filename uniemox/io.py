@@ -1,43 +1,20 @@
 """Files written whole or not at all: a temp file beside the target, flushed and fsynced, then
 renamed over it (atomic on POSIX). A reader, or a run killed mid-write, never sees half a file;
-the record it replaces stays intact until the new one is complete. The one writer of the project."""
+the record it replaces stays intact until the new one is complete. The one writer of the project,
+and its one JSON reader (a missing or damaged file is a UserError naming it)."""
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any, Union
 
+from uniemox.errors import UserError
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def atomic_write_bytes(path: PathLike, data: bytes, mode: int = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def atomic_write_text(path: PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: PathLike, obj: Any, indent: int = 1) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
 def atomic_save(path: PathLike, write) -> Path:
@@ -53,6 +30,36 @@ def atomic_save(path: PathLike, write) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return atomic_save(path, write)
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: PathLike, obj: Any, indent: int = 1) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def read_json(path: PathLike, what: str = "file") -> Any:
+    """A JSON file's content; missing or damaged: one line naming ``what`` and the path."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a directory") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path} is not valid JSON ({exc})") from None
 
 
 def replace_dir(tmp_dir: PathLike, out_dir: PathLike) -> Path:

@@ -2,7 +2,7 @@
 
 Decoded two-view samples/s (JPEG decode, person crop, both views' augmentation, prompt,
 collation) from real shards through the pretraining reader with N workers, for each N of
-``--workers`` (``uniemox.data.measure_reader_throughput``, resampled). Compare with the step
+``--workers`` (the reader resampled, so any number of shards works). Compare with the step
 benchmark's samples/s of ``ours`` on the GPU: where the loader's figure is lower, the data
 cannot keep up and the trainer needs more workers (or cores, or smaller stored images).
 
@@ -13,6 +13,7 @@ to 2 batches per worker queued, so time at least several times ``2 x workers`` b
 import argparse
 import os
 import platform
+import time
 from typing import Dict, List
 
 from uniemox.errors import UserError
@@ -37,14 +38,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def measure(urls: List[str], workers: int, batch: int, image_size: int, batches: int, warmup: int) -> Dict:
-    """One worker count through the data package's own throughput probe."""
-    from uniemox.data import measure_reader_throughput
+    """One worker count: ``batches`` timed batches of the pretraining reader after ``warmup +
+    workers`` untimed ones (worker start-up excluded)."""
+    from uniemox.data import build_pretrain_loader
 
-    r = measure_reader_throughput(urls, num_workers=workers, batches=batches, batch_size=batch,
-                                  image_size=image_size, warmup=warmup + workers)
+    untimed = warmup + workers
+    loader = build_pretrain_loader(urls, batch, workers, image_size, shuffle_buffer=100, resampled=True,
+                                   epoch_batches=untimed + batches)
+    it = iter(loader)
+    for _ in range(untimed):
+        next(it)
+    samples, start = 0, time.perf_counter()
+    for _ in range(batches):
+        samples += next(it)["scene"].shape[0]
+    seconds = time.perf_counter() - start
     return {"workers": workers, "batch": batch, "image_size": image_size, "batches": batches,
-            "samples_per_s": r["images_per_s"], "ms_per_batch": 1e3 * r["seconds"] / batches,
-            "shards": len(urls), "skipped": sum(r["skipped"].values())}
+            "samples_per_s": samples / seconds, "ms_per_batch": 1e3 * seconds / batches,
+            "shards": len(urls), "skipped": loader.skipped}
 
 
 def run(args: argparse.Namespace) -> Dict:

@@ -3,9 +3,10 @@ CSV (the rows, flat, one line per configuration and variant) per run, written at
 rewritten after every configuration, so a run cut short still leaves what it measured."""
 import csv
 import io
-import os
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
+
+from uniemox.io import atomic_write_text
 
 from . import timing
 
@@ -39,11 +40,7 @@ def write_csv(path: Path, rows: List[Dict], columns: Sequence[str]) -> Path:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, buf.getvalue())
 
 
 def write_results(json_path: Path, csv_path: Path, payload: Dict, columns: Sequence[str]) -> None:

@@ -5,8 +5,6 @@ flushed before each one (so the bytes counted really come from HBM), one synchro
 the end; the statistic is the median. CPU timing (smoke runs only) uses perf_counter.
 """
 import datetime as _dt
-import json
-import os
 import platform
 import re
 import statistics
@@ -15,6 +13,8 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 import torch
+
+from uniemox.io import atomic_write_json
 
 # HBM bandwidth of the devices this project measures on, GB/s (vendor data sheets)
 PEAK_GBPS = (("H200", 4800.0), ("H100 PCIE", 2000.0), ("H100 NVL", 3900.0), ("H100", 3350.0))
@@ -86,9 +86,4 @@ def default_results_path(benchmark: str, device: str, root: str = "benchmarks/re
 
 def write_json(path: Path, payload: dict) -> Path:
     """Atomic: a reader never sees half a results file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, payload, indent=2)

@@ -21,9 +21,10 @@ class ShardLoader:
     pretrain mode batches: scene [B,3,S,S] uint8, person [B,3,S,S] uint8 (unnormalised:
     `uniemox.data.transforms.model_input` normalises them on the device), label int64 [B],
     text list[str] (METHOD §1 prompt), key list[str], has_person bool [B].
-    train/eval mode batches: image [B,3,S,S] float32 normalised, label, key (and targets [B,C]
-    with num_classes); ``view_transform`` (PIL image, random.Random) -> tensor replaces the
-    reader's own single-view transform (fine-tuning passes its RandAugment recipe).
+    train/eval mode batches: image [B,3,S,S] uint8 (normalised on the device, as above), label,
+    key (and targets [B,C] with num_classes); ``view_transform`` (PIL image, random.Random) ->
+    uint8 tensor replaces the reader's own single-view transform (fine-tuning passes its
+    RandAugment recipe).
 
     A finite loader ends each iteration at the end of the data epoch; a resampled one
     never ends unless `epoch_batches` is set, which also caps finite epochs (use it to give
@@ -159,7 +160,7 @@ def build_labeled_loader(urls: Union[str, Sequence[str]], batch_size: int, num_w
                          image_size: int = 224, train: bool = False, shuffle_buffer: int = 1000,
                          seed: int = 0, rank: int = 0, world_size: int = 1,
                          num_classes: Optional[int] = None, start_state: Optional[Dict] = None,
-                         view_transform: Optional[ViewTransform] = None) -> ShardLoader:
+                         view_transform: Optional[ViewTransform] = None, pin_memory: bool = False) -> ShardLoader:
     """Single-view labelled batches for fine-tuning (train=True: random-resized crop + flip, or
     ``view_transform``; shuffled, full batches) or evaluation (resize + centre crop, file order,
     every sample once; workers are capped at the shards per rank)."""
@@ -170,4 +171,4 @@ def build_labeled_loader(urls: Union[str, Sequence[str]], batch_size: int, num_w
         num_workers = min(num_workers, len(urls) // world_size)
     cfg = ReaderConfig(tuple(urls), batch_size, num_workers, image_size, shuffle_buffer, seed, False, rank,
                        world_size, train, "train" if train else "eval", num_classes)
-    return ShardLoader(cfg, pin_memory=False, start_state=start_state, view_transform=view_transform)
+    return ShardLoader(cfg, pin_memory=pin_memory, start_state=start_state, view_transform=view_transform)

@@ -4,9 +4,10 @@ scene view: RandomResizedCrop(S, scale=(0.2, 1.0), ratio=(3/4, 4/3), bicubic), h
 flip with p=0.5, ImageNet mean/std. person view: the crop of person_box, then the same
 augmentation with its own draws; the whole image when the box is null.
 
-The two views leave the reader's workers as uint8: a quarter of float32's bytes through the
-workers' shared memory, the pinned copy and the host-to-device copy. `model_input` normalises
-them on the device, with the same float32 arithmetic as `to_tensor` (bit-identical on the CPU).
+Every view leaves the reader's workers as uint8 (pretraining's two views, fine-tuning's
+augmented view, the evaluation view): a quarter of float32's bytes through the workers' shared
+memory, the pinned copy and the host-to-device copy. `model_input` normalises them on the
+device, with the same float32 arithmetic as `to_tensor` (bit-identical on the CPU).
 
 Every draw comes from the `random.Random` passed in, so a sample's views are a pure
 function of (image, box, rng seed): the reader seeds it per sample, which is what makes a
@@ -52,9 +53,9 @@ def to_tensor(img: Image.Image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.T
 
 
 def model_input(views: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A batch of views as the model takes it: on `device` in `dtype`. uint8 views (the
-    pretraining reader's) are copied first and normalised there; float views are taken as
-    already normalised (the evaluation and fine-tuning readers')."""
+    """A batch of views as the model takes it: on `device` in `dtype`. uint8 views (every
+    reader's) are copied first and normalised there; float views are taken as already
+    normalised."""
     views = views.to(device, non_blocking=True)
     if views.dtype == torch.uint8:
         views = normalize(views)
@@ -103,27 +104,26 @@ def crop_person(img: Image.Image, box: Optional[Sequence[float]]) -> Image.Image
 
 
 class ViewAugment:
-    """RandomResizedCrop + horizontal flip of one view; normalised float32, or uint8 with
-    ``uint8=True`` (to be normalised later by `model_input`)."""
+    """RandomResizedCrop + horizontal flip of one view, [3, S, S] uint8 (normalised on the
+    device by `model_input`)."""
 
     def __init__(self, size: int = 224, scale: Tuple[float, float] = (0.2, 1.0),
-                 ratio: Tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5, uint8: bool = False):
+                 ratio: Tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5):
         self.size, self.scale, self.ratio, self.flip_p = size, scale, ratio, flip_p
-        self.finish = to_uint8_tensor if uint8 else to_tensor
 
     def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
         box = random_resized_crop_box(img.width, img.height, rng, self.scale, self.ratio)
         out = img.resize((self.size, self.size), Image.BICUBIC, box=box)  # crop + resize in one pass
         if rng.random() < self.flip_p:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)
-        return self.finish(out)
+        return to_uint8_tensor(out)
 
 
 class TwoViewTransform:
     """(scene view, person view) of one image, both [3, S, S] uint8 (see the module doc)."""
 
     def __init__(self, size: int = 224, scale: Tuple[float, float] = (0.2, 1.0)):
-        self.augment = ViewAugment(size, scale, uint8=True)
+        self.augment = ViewAugment(size, scale)
 
     def scene(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
         """The scene view alone; its draws come first, so it equals the pair's scene view."""
@@ -137,7 +137,8 @@ class TwoViewTransform:
 
 
 class EvalTransform:
-    """MAE's evaluation view: resize the short side to S / 0.875 (bicubic), centre crop S."""
+    """MAE's evaluation view: resize the short side to S / 0.875 (bicubic), centre crop S;
+    [3, S, S] uint8 (normalised on the device by `model_input`)."""
 
     def __init__(self, size: int = 224, crop_pct: float = 0.875):
         self.size, self.resize = size, int(round(size / crop_pct))
@@ -148,4 +149,4 @@ class EvalTransform:
         nw, nh = max(self.size, round(w * s)), max(self.size, round(h * s))
         img = img.resize((nw, nh), Image.BICUBIC)
         left, top = (nw - self.size) // 2, (nh - self.size) // 2
-        return to_tensor(img.crop((left, top, left + self.size, top + self.size)))
+        return to_uint8_tensor(img.crop((left, top, left + self.size, top + self.size)))

@@ -10,8 +10,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from uniemox.data.transforms import model_input
+
 from .metrics import classification_metrics, multilabel_metrics
-from .report import prediction_rows
+from .scores import prediction_rows, to_probabilities
 
 
 @dataclass
@@ -29,18 +31,14 @@ class Predictions:
         return prediction_rows(self.keys, self.scores, self.labels, class_names, top_k, multi_label)
 
 
-def to_probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
-    logits = logits.float()
-    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
-
-
 @torch.no_grad()
 def predict_loader(forward: Callable[[torch.Tensor], torch.Tensor], loader, device: torch.device,
                    multi_label: bool, dtype: Optional[torch.dtype] = None) -> Predictions:
-    """``forward(images) -> logits`` over every batch of ``loader`` on this rank."""
+    """``forward(images) -> logits`` over every batch of ``loader`` on this rank (uint8 views
+    normalised on the device first)."""
     keys, scores, labels = [], [], []
     for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)
+        images = model_input(batch["image"], device, torch.float32)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = forward(images)
         scores.append(to_probabilities(logits, multi_label).cpu())
@@ -60,3 +58,33 @@ def gather(pred: Predictions) -> Predictions:
     parts = [p for p in parts if p.keys]
     return Predictions([k for p in parts for k in p.keys], np.concatenate([p.scores for p in parts]),
                        np.concatenate([p.labels for p in parts]))
+
+
+def evaluate_split(scorer, shards: str, split: str, batch_size: int, top_k: int = 3,
+                   out_dir: Optional[str] = None) -> Dict:
+    """Metrics of a ``Scorer`` (scorers.py) on one split of a labelled shard set, the person view
+    taken from the stored boxes; with ``out_dir``, the report (JSON, confusion PNG, predictions)."""
+    from uniemox.data import load_manifest, shard_urls
+    from uniemox.errors import UserError
+
+    from .report import write_report
+    from .shard_views import iter_view_batches
+
+    classes = load_manifest(shards)["classes"]
+    if len(scorer.classes) != len(classes):
+        raise UserError(f"the model has {len(scorer.classes)} classes, the shard set {len(classes)}")
+    multi = scorer.multi_label
+    keys, scores, labels = [], [], []
+    for batch in iter_view_batches(shard_urls(shards, (split,)), scorer.image_size, batch_size,
+                                   num_classes=len(classes) if multi else None):
+        scores.append(scorer.score(batch["scene"], batch["person"], batch["has_person"]).float().cpu())
+        labels.append(batch["targets"] if multi else batch["label"])
+        keys += batch["key"]
+    if not keys:
+        raise UserError(f"no readable sample in split {split!r} of {shards}")
+    pred = Predictions(keys, torch.cat(scores).numpy(), torch.cat(labels).numpy())
+    metrics = dict(pred.metrics(classes, multi), mode="zero_shot" if scorer.zero_shot else "model")
+    if out_dir:
+        metrics["report"] = write_report(metrics, out_dir, split, predictions=pred.rows(classes, top_k, multi),
+                                         echo=False)
+    return metrics

@@ -14,10 +14,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from uniemox.data.sources import IMAGE_EXTS
 from uniemox.data.transforms import EvalTransform, crop_person
 from uniemox.errors import UserError
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+from .scores import top_k_rows
+
 
 
 def list_images(paths: Sequence[str]) -> List[str]:
@@ -37,13 +39,6 @@ def list_images(paths: Sequence[str]) -> List[str]:
     if not out:
         raise UserError("no image given")
     return out
-
-
-def top_k_rows(scores: np.ndarray, class_names: Sequence[str], k: int, multi_label: bool = False) -> List[List[Dict]]:
-    """Per row: the k best classes as [{"label", "prob"}], highest first."""
-    k = min(k, len(class_names))
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return [[{"label": class_names[j], "prob": round(float(s[j]), 6)} for j in idx] for s, idx in zip(scores, order)]
 
 
 @dataclass
@@ -80,7 +75,8 @@ def load_views(paths: Iterable[str], size: int, detector=None) -> Iterable[Image
 def predict_views(score: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], views: List[ImageViews],
                   class_names: Sequence[str], top_k: int, batch_size: int = 32) -> List[Dict]:
     """``score(scene [B,3,S,S], person [B,3,S,S], has_person bool [B]) -> probabilities [B, C]``
-    over ``views`` (person = scene where no person was found); one result dict per file, in order."""
+    (a ``Scorer``'s; uint8 views, person = scene where no person was found) over ``views``; one
+    result dict per file, in order."""
     results: List[Dict] = []
     ok = [v for v in views if v.scene is not None]
     probs: Dict[str, np.ndarray] = {}
@@ -101,20 +97,6 @@ def predict_views(score: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], to
             row["person_box"] = v.box
         results.append(row)
     return results
-
-
-def classifier_scorer(model: torch.nn.Module, device: torch.device, multi_label: bool, person_view: bool):
-    """Probabilities of a classifier; with the person view, the mean over scene and person
-    views for images where a person was found."""
-    from .evaluate import to_probabilities
-
-    def score(scene: torch.Tensor, person: torch.Tensor, has_person: torch.Tensor) -> torch.Tensor:
-        p = to_probabilities(model(scene.to(device)), multi_label)
-        if person_view and bool(has_person.any()):
-            q = to_probabilities(model(person.to(device)), multi_label)
-            p = torch.where(has_person.to(device)[:, None], (p + q) / 2, p)
-        return p
-    return score
 
 
 def format_table(results: List[Dict]) -> str:

@@ -2,12 +2,13 @@
 and per-sample predictions (JSON lines) in the run directory."""
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 
+from uniemox.io import atomic_write_json, atomic_write_text
+
 from .metrics import headline
-from .predict import top_k_rows
 
 
 def format_summary(metrics: Dict, title: str = "") -> str:
@@ -77,25 +78,6 @@ def save_confusion_png(metrics: Dict, path: str, title: str = "") -> np.ndarray:
     return rgba[..., :3].transpose(2, 0, 1).copy()
 
 
-def write_json(obj: Dict, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def prediction_rows(keys: Sequence[str], scores: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-                    top_k: int = 3, multi_label: bool = False) -> List[Dict]:
-    """One row per sample: key, true label(s), the top-k classes with their probabilities."""
-    rows = top_k_rows(scores, class_names, top_k, multi_label)
-    out = []
-    for key, label, top in zip(keys, labels, rows):
-        true = [class_names[i] for i in np.nonzero(label)[0]] if multi_label else class_names[int(label)]
-        out.append({"key": key, "label": true, "top": top})
-    return out
-
-
 def write_report(metrics: Dict, out_dir: str, name: str, writer=None, step: int = 0,
                  predictions: Optional[List[Dict]] = None, echo: bool = True,
                  tag: Optional[str] = None) -> Dict[str, str]:
@@ -105,15 +87,14 @@ def write_report(metrics: Dict, out_dir: str, name: str, writer=None, step: int 
     tag = tag or name
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(out_dir, f"{name}.json")}
-    write_json(dict(metrics, step=step), paths["json"])
+    atomic_write_json(paths["json"], dict(metrics, step=step))
     image = None
     if metrics["task"] == "single_label":
         paths["confusion_png"] = os.path.join(out_dir, f"{name}_confusion.png")
         image = save_confusion_png(metrics, paths["confusion_png"], f"{name}: top-1 {metrics['top1']:.3f}")
     if predictions is not None:
         paths["predictions"] = os.path.join(out_dir, f"{name}_predictions.jsonl")
-        with open(paths["predictions"], "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row) + "\n" for row in predictions)
+        atomic_write_text(paths["predictions"], "".join(json.dumps(row) + "\n" for row in predictions))
     if writer is not None:
         writer.scalars({f"{tag}/{k}": v for k, v in headline(metrics).items()}, step)
         if image is not None:

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from uniemox.data.manifest import FORMAT, MANIFEST, VERSION, describe_shards, load_manifest, shard_urls, write_manifest
 from uniemox.data.tarstream import RateLimitedLog, iter_shards
 from uniemox.errors import UserError
+from uniemox.io import replace_dir
 
 
 @dataclass
@@ -126,7 +127,7 @@ def write_fraction(urls: Sequence[str], source_manifest: Dict, fraction: float, 
                         "count": n, "per_class": {classes[c]: len(kept.get(c, [])) for c in range(len(classes))},
                         "shards": describe_shards(tmp, "train", counts)}}}
         write_manifest(tmp, manifest)
-        os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     _barrier()
     return out_dir
 

@@ -8,7 +8,6 @@
   folded into the Linear (eval mode: W' = W / s, b' = b - W' mu, s = sqrt(var + eps)), which
   gives a plain timm-style classifier.
 """
-import json
 import os
 from typing import Dict, Optional
 
@@ -17,6 +16,7 @@ import torch.nn as nn
 
 from uniemox.convert import LoadReport
 from uniemox.errors import UserError
+from uniemox.io import read_json
 
 
 def resolve_init(path: str) -> str:
@@ -39,11 +39,7 @@ def init_architecture(init: str) -> Dict:
     config = os.path.join(init, "config.json")
     if not os.path.isfile(config):
         return {}
-    try:
-        with open(config, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{config}: damaged config ({exc})") from None
+    data = read_json(config, "export config")
     if "run_config" in data:
         model = data["run_config"].get("model") or {}
         return {k: model[k] for k in ("name", "arch") if k in model}
@@ -54,22 +50,11 @@ def init_architecture(init: str) -> Dict:
 
 
 def load_init(encoder: nn.Module, path: str) -> LoadReport:
-    """Pretrained encoder weights (any layout ``uniemox.convert`` reads) into a classifier; a
-    head of another class count is left out (fresh head, as MAE fine-tuning)."""
-    import logging
+    """Pretrained encoder weights (any layout ``uniemox.convert`` reads, or an export folder) into
+    a classifier; a head of another class count is left out (a fresh head, as MAE fine-tuning)."""
+    from uniemox.convert import load_encoder_checkpoint
 
-    from uniemox.convert import load_into, read_checkpoint, split_checkpoint
-
-    file = resolve_init(path)
-    sd, _ = split_checkpoint(read_checkpoint(file))
-    if any(k.startswith("model.") for k in sd):  # a pretrainer state dict (pretraining export)
-        sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
-    own = encoder.state_dict()
-    ignore = [k for k in sd if k.startswith(("decoder_", "mask_token"))]
-    ignore += [k for k in ("head.weight", "head.bias") if k in sd and (k not in own or own[k].shape != sd[k].shape)]
-    report = load_into(encoder, {k: v for k, v in sd.items() if k not in ignore}, ignore_unexpected=ignore)
-    logging.getLogger(__name__).info("init from %s: %s", file, report.summary())
-    return report
+    return load_encoder_checkpoint(encoder, resolve_init(path))
 
 
 class LinearProbe(nn.Module):

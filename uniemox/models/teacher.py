@@ -22,13 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from uniemox.data.prompts import emotion_prompt
+from uniemox.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from uniemox.errors import UserError
 from uniemox.models.teacher_weights import PathLike, build_clip
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PRECISIONS = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
 INPUT_NORMS = ("imagenet", "clip")
 

@@ -12,9 +12,9 @@ An export folder holds ``model.safetensors`` (timm/MAE key names) and ``config.j
 layout of timm's Hugging Face exports (architecture, num_classes, global_pool, label_names,
 pretrained_cfg, model_args with the architecture overrides), plus a ``uniemox`` section.
 
-Weights are loaded through ``uniemox.convert.load_into``: a head of another class count is
-left out (fresh head, as fine-tuning from another task), a pretraining encoder's decoder
-keys are ignored, and everything else must match (shape mismatch = error).
+Weights are loaded through ``uniemox.convert.load_encoder_state``: a head of another class
+count is left out (fresh head, as fine-tuning from another task), a pretraining encoder's
+decoder keys are ignored, and everything else must match (shape mismatch = error).
 """
 import json
 import logging
@@ -24,7 +24,9 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
+from uniemox.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from uniemox.errors import UserError
+from uniemox.io import atomic_write_json, replace_dir
 
 from .registry import create_encoder, get_arch, list_models
 
@@ -32,15 +34,13 @@ logger = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 EXPORT_FORMAT = "uniemox-timm-v1"
-_HEAD = ("head.weight", "head.bias")
-_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _pretrained_cfg(name: str, num_classes: int = 0) -> Dict:
     arch = get_arch(name)
     return {"input_size": (3, arch.img_size, arch.img_size), "fixed_input_size": True,
-            "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center", "mean": _MEAN,
-            "std": _STD, "num_classes": num_classes, "first_conv": "patch_embed.proj",
+            "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center", "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD, "num_classes": num_classes, "first_conv": "patch_embed.proj",
             "classifier": None,  # heads are matched by _filter below, not dropped by timm
             "license": "see the UniEmoX project"}
 
@@ -48,18 +48,9 @@ def _pretrained_cfg(name: str, num_classes: int = 0) -> Dict:
 def _filter(state_dict: Dict[str, torch.Tensor], model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     """timm's pretrained_filter_fn: load what fits into ``model`` and hand timm back the full
     state dict (so its strict load is a no-op re-load)."""
-    from uniemox.convert import load_into, split_checkpoint
+    from uniemox.convert import load_encoder_state
 
-    sd, _ = split_checkpoint(state_dict)
-    own = model.state_dict()
-    dropped = [k for k in _HEAD if k in sd and (k not in own or own[k].shape != sd[k].shape)]
-    if dropped:
-        logger.warning("head not loaded: the file's head has shape %s, the model's %s (fresh head)",
-                       tuple(sd["head.weight"].shape), tuple(own["head.weight"].shape) if "head.weight" in own
-                       else "none")
-    decoder = [k for k in sd if k.startswith(("decoder_", "mask_token"))]
-    report = load_into(model, {k: v for k, v in sd.items() if k not in dropped}, ignore_unexpected=decoder)
-    logger.info("timm load: %s", report.summary())
+    logger.info("timm load: %s", load_encoder_state(model, state_dict).summary())
     return model.state_dict()
 
 
@@ -127,16 +118,8 @@ def write_export(state_dict: Dict[str, torch.Tensor], out_dir: str, name: str, a
     os.makedirs(tmp, exist_ok=True)
     save_file({k: v.detach().float().contiguous().cpu() for k, v in state_dict.items()},
               os.path.join(tmp, WEIGHTS))
-    with open(os.path.join(tmp, CONFIG), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=1)
-    if os.path.isdir(out_dir):
-        old = f"{out_dir}.old{os.getpid()}"
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        import shutil
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+    atomic_write_json(os.path.join(tmp, CONFIG), config)
+    replace_dir(tmp, out_dir)
     return {"weights": os.path.join(out_dir, WEIGHTS), "config": os.path.join(out_dir, CONFIG)}
 
 
@@ -173,7 +156,7 @@ def create_from_export(path: str, **overrides) -> Tuple[torch.nn.Module, Dict]:
 def export_pretrained(src: str, out_dir: str) -> Dict[str, str]:
     """A pretraining export (``launch/pretrain.py --export``) as a headless timm export: the
     encoder with its final norm, CLS-token pooling (the token pretraining distils), no head."""
-    from uniemox.convert import read_checkpoint
+    from uniemox.convert import load_encoder_checkpoint
 
     weights, config = os.path.join(src, "encoder.safetensors"), os.path.join(src, "config.json")
     if not (os.path.isfile(weights) and os.path.isfile(config)):
@@ -182,10 +165,8 @@ def export_pretrained(src: str, out_dir: str) -> Dict[str, str]:
         model_cfg = (json.load(f).get("run_config") or {}).get("model") or {}
     if "name" not in model_cfg:
         raise UserError(f"{config} does not name the model (run_config.model.name)")
-    state = dict(read_checkpoint(weights))
     encoder = create_encoder(model_cfg["name"], num_classes=0, global_pool="token", **(model_cfg.get("arch") or {}))
-    from uniemox.convert import load_into
-    report = load_into(encoder, state)
+    report = load_encoder_checkpoint(encoder, weights)
     if report.missing or report.unexpected:
         raise UserError(f"{weights} does not match {model_cfg['name']}: {report.summary()}")
     return write_export(encoder.state_dict(), out_dir, model_cfg["name"], model_cfg.get("arch") or {}, 0, "token",

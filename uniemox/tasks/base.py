@@ -17,6 +17,7 @@ The trainer calls, in this order::
     per step: after_step(step), and evaluate(step) when eval_every() says so
     finish(last_checkpoint)           after the final checkpoint: test, exports, the summary
 """
+import logging
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -35,10 +36,13 @@ class MicroContext:
     rank: int
     seed: int
 
+    def seed_for(self, salt: int = 0) -> int:
+        """An integer seed from (seed, step, micro, rank, salt)."""
+        return ((self.seed * 1_000_003 + self.step) * 64 + self.micro) * 4096 + self.rank + salt
+
     def generator(self, salt: int = 0) -> torch.Generator:
-        """A CPU generator seeded from (seed, step, micro, rank, salt)."""
-        return torch.Generator().manual_seed(
-            ((self.seed * 1_000_003 + self.step) * 64 + self.micro) * 4096 + self.rank + salt)
+        """A CPU generator seeded with ``seed_for(salt)``."""
+        return torch.Generator().manual_seed(self.seed_for(salt))
 
 
 class Task:
@@ -53,6 +57,11 @@ class Task:
     def describe(self) -> str:
         """One line for the run's start-up log."""
         return self.name
+
+    def log(self, level: int, msg: str, *args) -> None:
+        """A line of the run's log, written once (by rank 0)."""
+        if self.run.rank == 0:
+            logging.getLogger(f"uniemox.{type(self).__name__}").log(level, msg, *args)
 
     def context(self, step: int, micro: int) -> MicroContext:
         return MicroContext(step, micro, self.run.rank, self.cfg.train.seed)

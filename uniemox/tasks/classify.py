@@ -11,12 +11,13 @@ import torch
 
 from uniemox.config import recipe
 from uniemox.data import build_labeled_loader, ensure_sample_shards
+from uniemox.data.transforms import model_input
 from uniemox.errors import UserError
 
 from .base import Task
 
-logger = logging.getLogger("uniemox.finetune")
 HEADLINE = ("top1", "top3", "macro_f1", "mAP")
+ERASE_SALT = 29  # random erasing draws from its own stream of the micro-batch's context
 
 
 class ClassifyTask(Task):
@@ -65,11 +66,11 @@ class ClassifyTask(Task):
             sample_root=None if cfg.data.path else ensure_sample_shards(rank=run.rank))
         self.classes, self.multi = data.classes, data.multi_label
         self.image_size = get_arch(cfg.model.name, **cfg.model.arch).img_size
-        augment = FinetuneAugment(self.image_size, cfg.aug.train_scale, cfg.aug.rand_augment, cfg.aug.reprob)
+        augment = FinetuneAugment(self.image_size, cfg.aug.train_scale, cfg.aug.rand_augment)
         return build_labeled_loader(data.train, cfg.data.batch_size, cfg.data.num_workers, self.image_size,
                                     train=True, shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.data.seed,
                                     rank=run.rank, world_size=run.world, num_classes=self._targets(),
-                                    view_transform=augment)
+                                    view_transform=augment, pin_memory=run.pinned)
 
     def _targets(self):
         return len(self.classes) if self.multi else None
@@ -86,11 +87,9 @@ class ClassifyTask(Task):
                                  global_pool=cfg.model.global_pool, drop_path_rate=cfg.model.drop_path,
                                  attn_backend=cfg.model.attn_backend, **cfg.model.arch)
         if cfg.model.init:
-            report = load_init(encoder, cfg.model.init)
-            if run.rank == 0:
-                logger.info("init from %s: %s", cfg.model.init, report.summary())
-        elif run.rank == 0:
-            logger.warning("no model.init: the encoder starts from RANDOM weights")
+            self.log(logging.INFO, "init from %s: %s", cfg.model.init, load_init(encoder, cfg.model.init).summary())
+        else:
+            self.log(logging.WARNING, "no model.init: the encoder starts from RANDOM weights")
         if not self.probe:
             return encoder
         probe = LinearProbe(encoder.to(run.device), len(self.classes))
@@ -108,10 +107,11 @@ class ClassifyTask(Task):
         return build_torch_optimizer(self.cfg.optim.name, groups, lr, self.cfg.optim.betas, ds, self.run.device)
 
     def before_training(self, engine):
-        from uniemox.finetune.augment import build_mixup
+        from uniemox.finetune.augment import BatchErasing, build_mixup
         from uniemox.finetune.recipe import build_criterion
 
         cfg, rank = self.cfg, self.run.rank
+        self.erase = BatchErasing(cfg.aug.reprob, self.run.device) if cfg.aug.reprob > 0 else None
         self.mixup = build_mixup(cfg.aug.mixup, cfg.aug.cutmix, cfg.aug.smoothing, len(self.classes), self.multi)
         if self.mixup is not None and cfg.data.batch_size % 2:
             raise UserError(f"mixup/cutmix pair samples within a batch: data.batch_size must be even, "
@@ -126,8 +126,10 @@ class ClassifyTask(Task):
     # -- every step ---------------------------------------------------------------------------------
     def training_forward(self, engine, batch, ctx):
         device = self.run.device
-        images = batch["image"].to(device, non_blocking=True)
+        images = model_input(batch["image"], device, torch.float32)  # uint8 -> normalised, on the device
         target = (batch["targets"] if self.multi else batch["label"]).to(device, non_blocking=True)
+        if self.erase is not None:
+            images = self.erase(images, ctx.seed_for(ERASE_SALT))
         if self.mixup is not None:
             images, target = self.mixup(images, target)
         loss = self.criterion(engine(images.to(self.run.dtype)).float(), target)
@@ -149,7 +151,7 @@ class ClassifyTask(Task):
         cfg, run = self.cfg, self.run
         loader = build_labeled_loader(urls, cfg.data.eval_batch_size or cfg.data.batch_size, cfg.data.num_workers,
                                       self.image_size, train=False, rank=run.rank, world_size=run.world,
-                                      num_classes=self._targets())
+                                      num_classes=self._targets(), pin_memory=run.pinned)
         pred = gather(predict_loader(forward, loader, run.device, self.multi))
         if run.rank != 0:
             return None
@@ -171,9 +173,8 @@ class ClassifyTask(Task):
         if float(value) > self.best["metric"]:
             self.best = {"metric": float(value), "step": step}
             self.save_best(engine, step, metrics)
-        if self.run.rank == 0:
-            logger.info("step %d: val %s %.4f (best %.4f at step %d)", step, "mAP" if self.multi else "top-1",
-                        float(value), self.best["metric"], self.best["step"])
+        self.log(logging.INFO, "step %d: val %s %.4f (best %.4f at step %d)", step, "mAP" if self.multi else "top-1",
+                 float(value), self.best["metric"], self.best["step"])
         return {}  # the report went to TensorBoard and metrics.jsonl already
 
     def save_best(self, engine, step: int, metrics) -> None:
@@ -208,8 +209,7 @@ class ClassifyTask(Task):
 
         run = self.run
         if not self.data.val or self.best["step"] is None:
-            if run.rank == 0:
-                logger.warning("no validation split: best/ holds the final weights")
+            self.log(logging.WARNING, "no validation split: best/ holds the final weights")
             self.save_best(engine, step, None)
         test = None
         if self.data.test:  # scored with the best weights, loaded back through timm

@@ -20,7 +20,6 @@ from uniemox.train.checkpoint import read_marker
 
 from .base import Task
 
-logger = logging.getLogger("uniemox.train_teacher")
 CARD_FORMAT = "uniemox-clip-teacher-v1"
 CAPTION_SALT = 17  # caption draws use their own stream beside any other draw of the micro-batch
 
@@ -65,7 +64,7 @@ class TeacherTask(Task):
         return build_pretrain_loader(self.shards, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                                      image_size=self.image_size, shuffle_buffer=cfg.data.shuffle_buffer,
                                      seed=cfg.data.seed, resampled=cfg.data.resampled, rank=run.rank,
-                                     world_size=run.world, person_view=False)  # the scene view only
+                                     world_size=run.world, pin_memory=run.pinned, person_view=False)  # the scene view only
 
     def _image_size(self) -> int:
         import open_clip
@@ -131,8 +130,7 @@ class TeacherTask(Task):
         finally:
             engine.train()
         self.final = {"eval/zero_shot_accuracy": acc, "eval/images": float(n)}
-        if self.run.rank == 0:
-            logger.info("step %d: zero-shot accuracy %.4f on %d images", step, acc, n)
+        self.log(logging.INFO, "step %d: zero-shot accuracy %.4f on %d images", step, acc, n)
         return self.final
 
     # -- checkpoints and the end --------------------------------------------------------------------

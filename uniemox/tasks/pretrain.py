@@ -18,7 +18,6 @@ from uniemox.train.checkpoint import read_marker
 
 from .base import MicroContext, Task
 
-logger = logging.getLogger("uniemox.pretrain")
 LOSS_KEYS = ("loss", "reconstruction", "similarity", "contrastive")
 
 
@@ -55,7 +54,7 @@ class PretrainTask(Task):
         return build_pretrain_loader(self.shards, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                                      image_size=self.arch.img_size, shuffle_buffer=cfg.data.shuffle_buffer,
                                      seed=cfg.data.seed, resampled=cfg.data.resampled, rank=run.rank,
-                                     world_size=run.world)
+                                     world_size=run.world, pin_memory=run.pinned)
 
     def epoch_samples(self):
         return epoch_size(self.shards)
@@ -72,9 +71,8 @@ class PretrainTask(Task):
                                   norm_pix_loss=cfg.model.norm_pix_loss, attn_backend=cfg.model.attn_backend,
                                   kernel_impl=cfg.model.kernels, **cfg.model.arch)
         if cfg.model.init:
-            report = load_pretrainer_checkpoint(model, cfg.model.init)
-            if run.rank == 0:
-                logger.info("init from %s: %s", cfg.model.init, report.summary())
+            self.log(logging.INFO, "init from %s: %s", cfg.model.init,
+                     load_pretrainer_checkpoint(model, cfg.model.init).summary())
         model.attach_teacher(teacher)  # outside parameters()/state_dict(): ZeRO never sees it
         self.model, self.last = model, None
         return model

@@ -10,7 +10,6 @@ Layout under ``<run_dir>/checkpoints``::
 A process killed mid-save leaves a directory without COMPLETE: resuming skips it, and the
 next successful save purges it. Only the newest ``keep`` complete checkpoints are kept.
 """
-import json
 import logging
 import os
 import random
@@ -24,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from uniemox.errors import UserError
-from uniemox.io import atomic_save, atomic_write_json, atomic_write_text
+from uniemox.io import atomic_save, atomic_write_json, atomic_write_text, read_json
 
 logger = logging.getLogger(__name__)
 _TAG = re.compile(r"^step_(\d{8})$")
@@ -78,14 +77,9 @@ def find_resume(root: str, resume: Optional[str]) -> Optional[str]:
 def read_marker(tag_path: str) -> Dict[str, Any]:
     """The COMPLETE marker of a checkpoint: step, world size, the run config and model it was
     written with (what export and init read the architecture from)."""
-    path = os.path.join(tag_path, MARKER)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{tag_path}: not a complete checkpoint (no {MARKER} marker)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: damaged marker ({exc})") from None
+    if not os.path.isfile(os.path.join(tag_path, MARKER)):
+        raise UserError(f"{tag_path}: not a complete checkpoint (no {MARKER} marker)")
+    return read_json(os.path.join(tag_path, MARKER), "checkpoint marker")
 
 
 class Checkpointer:

@@ -5,7 +5,6 @@ the run config: the JSON says "auto" (or repeats the same value); a JSON value t
 contradicts the run config is refused. The optimizer is the trainer's own AdamW with
 MAE's parameter groups, so the JSON must not name one.
 """
-import json
 import logging
 import os
 import socket
@@ -15,6 +14,7 @@ from typing import Any, Dict, Tuple
 import torch
 
 from uniemox.errors import UserError
+from uniemox.io import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +72,7 @@ def _settle(ds: Dict[str, Any], path: Tuple[str, ...], value: Any, source: str) 
 
 def build_ds_config(path: str, *, micro_batch: int, grad_accum: int, world_size: int,
                     grad_clip: float, precision: str) -> Dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            ds = json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"DeepSpeed config not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"DeepSpeed config {path} is not valid JSON: {exc}") from None
+    ds = read_json(path, "DeepSpeed config")
     for owned in ("optimizer", "scheduler"):
         if owned in ds:
             raise UserError(f"DeepSpeed config {path} names a {owned!r}; the trainer builds AdamW and its "

@@ -6,13 +6,13 @@ Writes ``pretrainer.safetensors`` (encoder, decoder, fusion, projection: everyth
 continue or to score zero-shot), ``encoder.safetensors`` (timm/MAE key names, for
 fine-tuning) and ``config.json``.
 """
-import json
 import os
 from typing import Dict
 
 import torch
 
 from uniemox.errors import UserError
+from uniemox.io import atomic_save, atomic_write_json
 
 ENCODER_FORMAT = "uniemox-encoder-v1"
 
@@ -48,8 +48,7 @@ def export(tag_path: str, out_dir: str, config: dict) -> Dict[str, str]:
     paths = {"pretrainer": os.path.join(out_dir, "pretrainer.safetensors"),
              "encoder": os.path.join(out_dir, "encoder.safetensors"),
              "config": os.path.join(out_dir, "config.json")}
-    save_file(state, paths["pretrainer"])
-    save_file(encoder_state(state), paths["encoder"])
-    with open(paths["config"], "w", encoding="utf-8") as f:
-        json.dump(dict(config, format=ENCODER_FORMAT, source=os.path.abspath(tag_path)), f, indent=1)
+    atomic_save(paths["pretrainer"], lambda tmp: save_file(state, tmp))
+    atomic_save(paths["encoder"], lambda tmp: save_file(encoder_state(state), tmp))
+    atomic_write_json(paths["config"], dict(config, format=ENCODER_FORMAT, source=os.path.abspath(tag_path)))
     return paths

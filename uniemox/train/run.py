@@ -19,6 +19,11 @@ class Run(NamedTuple):
     precision: str          # bf16 | fp16 | fp32, "auto" resolved for the device
     dtype: torch.dtype      # what inputs are cast to for the engine
 
+    @property
+    def pinned(self) -> bool:
+        """Loaders pin their batches where a copy to the device can then overlap compute."""
+        return self.device.type == "cuda"
+
 
 def start_run(cfg) -> Run:
     """``cfg`` needs ``log.run_dir``, ``data.num_workers``, ``train.precision`` and ``train.seed``."""

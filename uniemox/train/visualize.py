@@ -4,10 +4,9 @@ from typing import Sequence
 import torch
 from torchvision.utils import make_grid, save_image
 
+from uniemox.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from uniemox.kernels import patchify, unpatchify
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from uniemox.kernels.constants import NORM_PIX_EPS
 
 
 def _denorm(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
@@ -24,7 +23,7 @@ def reconstruction_grid(imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tens
     target = patchify(imgs, patch_size)
     if norm_pix:  # the decoder predicts normalised patches: undo with each patch's own statistics
         mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
-        pred = pred * (var + 1e-6) ** 0.5 + mean
+        pred = pred * (var + NORM_PIX_EPS) ** 0.5 + mean
     keep = (1 - mask).unsqueeze(-1)
     masked = unpatchify(target * keep, patch_size)
     pasted = unpatchify(target * keep + pred * (1 - keep), patch_size)
