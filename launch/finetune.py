@@ -47,8 +47,9 @@ def main(argv=None):
         from uniemox.tasks.classify import ClassifyTask, export_classifier
 
         if args.export:
-            return export_classifier(*args.export)
-        train(config_of(args), ClassifyTask, args)
+            export_classifier(*args.export)
+        else:
+            train(config_of(args), ClassifyTask, args)
 
 
 if __name__ == "__main__":

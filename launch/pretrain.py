@@ -36,8 +36,9 @@ def main(argv=None):
         from uniemox.tasks.pretrain import PretrainTask, export_checkpoint
 
         if args.export:
-            return export_checkpoint(*args.export)
-        train(config_of(args), PretrainTask, args)
+            export_checkpoint(*args.export)
+        else:
+            train(config_of(args), PretrainTask, args)
 
 
 if __name__ == "__main__":

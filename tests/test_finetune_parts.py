@@ -70,7 +70,7 @@ def test_layer_decay_scales():
 def test_augmentation_is_a_function_of_the_sample_rng_and_leaves_global_rngs_alone():
     from PIL import Image
     img = Image.fromarray((torch.rand(80, 96, 3) * 255).byte().numpy())
-    aug = FinetuneAugment(32, (0.08, 1.0), "rand-m9-mstd0.5-inc1", reprob=1.0)
+    aug = FinetuneAugment(32, (0.08, 1.0), "rand-m9-mstd0.5-inc1")
     def seed_all():
         random.seed(11)
         np.random.seed(11)
@@ -82,11 +82,29 @@ def test_augmentation_is_a_function_of_the_sample_rng_and_leaves_global_rngs_alo
     assert (random.random(), np.random.rand(), torch.rand(1)) == before  # caller's streams unchanged
     b = aug(img, random.Random("s:1"))
     c = aug(img, random.Random("s:2"))
-    assert a.shape == (3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == (3, 32, 32) and a.dtype == torch.uint8 and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_batch_erasing_is_seeded_on_the_device_and_leaves_global_rngs_alone():
+    from uniemox.finetune.augment import BatchErasing
+    erase = BatchErasing(1.0, torch.device("cpu"))
+    images = torch.zeros(4, 3, 32, 32)
+    random.seed(3)
+    torch.manual_seed(3)
+    before = (random.random(), torch.rand(1))
+    random.seed(3)
+    torch.manual_seed(3)
+    a = erase(images.clone(), seed=7)
+    assert (random.random(), torch.rand(1)) == before  # the caller's streams are untouched
+    b, c = erase(images.clone(), seed=7), erase(images.clone(), seed=8)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    erased = (a != 0).flatten(1).any(1)
+    assert erased.all()  # probability 1: every image got its box of noise
+    assert ((a != 0).float().mean() < 0.5)  # a box, not the whole image
 
 
 def test_train_loader_batches_and_resume_position(shards):
-    aug = FinetuneAugment(32, (0.08, 1.0), "rand-m9-mstd0.5-inc1", 0.25)
+    aug = FinetuneAugment(32, (0.08, 1.0), "rand-m9-mstd0.5-inc1")
     urls = shard_urls(shards, ("train",))
 
     def build():
@@ -146,7 +164,7 @@ def test_losses():
 def test_rand_augment_survives_magnitude_10_posterize():
     """timm's increasing posterize keeps 0 bits at magnitude 10, which Pillow >= 11 refuses."""
     from PIL import Image
-    aug = FinetuneAugment(32, (0.08, 1.0), "rand-m10-n1-inc1", 0.0)
+    aug = FinetuneAugment(32, (0.08, 1.0), "rand-m10-n1-inc1")
     post = [op for op in aug.rand_augment.ops if op.name == "PosterizeIncreasing"]
     assert post
     img = Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy())

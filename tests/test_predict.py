@@ -12,8 +12,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import uniemox.models.timm_models as tm
-from uniemox.data.transforms import EvalTransform, crop_person
-from uniemox.eval.predict import classifier_scorer, load_views, predict_views
+from uniemox.data.transforms import EvalTransform, crop_person, normalize
+from uniemox.eval.predict import load_views, predict_views
+from uniemox.eval.scorers import classifier_scorer
 from uniemox.models import create_encoder, create_pretrainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,11 +56,14 @@ def test_person_view_averages_scene_and_person_crop(model_dir, photos):
     detector = build_detector("mediapipe")
     paths = [str(photos / "astronaut.jpg"), str(photos / "chelsea.png"), str(photos / "broken.jpg")]
     views = list(load_views(paths, 32, detector))
-    rows = predict_views(classifier_scorer(model, torch.device("cpu"), False, True), views, CLASSES, top_k=4)
+    scorer = classifier_scorer(str(model_dir), torch.device("cpu"), person_view=True)
+    assert scorer.classes == CLASSES and scorer.image_size == 32 and not scorer.multi_label
+    rows = predict_views(scorer.score, views, CLASSES, top_k=4)
     astro, cat, broken = rows
     assert astro["person_box"] is not None and cat["person_box"] is None and "error" in broken
 
-    t = EvalTransform(32)
+    def t(image):  # the evaluation view, normalised
+        return normalize(EvalTransform(32)(image))
     img = Image.open(paths[0]).convert("RGB")
     with torch.no_grad():
         scene = torch.softmax(model(t(img)[None]), -1)[0]

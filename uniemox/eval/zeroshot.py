@@ -31,7 +31,7 @@ def read_pretrain_export(path: str) -> Tuple[str, Dict]:
     weights, config = os.path.join(path, "pretrainer.safetensors"), os.path.join(path, "config.json")
     if not (os.path.isfile(weights) and os.path.isfile(config)):
         raise UserError(f"{path} is not a pretraining export (pretrainer.safetensors + config.json); make one "
-                        f"with 'python launch/pretrain.py --export CHECKPOINT OUT'")
+                        f"with 'uniemox-pretrain --export CHECKPOINT OUT'")
     with open(config, encoding="utf-8") as f:
         run_config = json.load(f).get("run_config") or {}
     if not run_config.get("model"):

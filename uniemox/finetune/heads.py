@@ -29,7 +29,7 @@ def resolve_init(path: str) -> str:
             if os.path.isfile(os.path.join(path, name)):
                 return os.path.join(path, name)
         raise UserError(f"model.init {path}: a folder without encoder.safetensors or model.safetensors "
-                        f"(for a pretraining checkpoint run 'python launch/pretrain.py --export CKPT OUT' first)")
+                        f"(for a pretraining checkpoint run 'uniemox-pretrain --export CKPT OUT' first)")
     raise UserError(f"model.init not found: {path}")
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uniemox.data.prompts import emotion_prompt
-from uniemox.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from uniemox.data.transforms import IMAGENET_MEAN, IMAGENET_STD, model_input
 from uniemox.errors import UserError
 from uniemox.models.teacher_weights import PathLike, build_clip
 
@@ -164,11 +164,12 @@ class CLIPTeacher(nn.Module):
             yield
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """images: ImageNet-normalised [B, 3, H, W]; resized (bicubic) to the model's size if needed."""
+        """images: [B, 3, H, W], ImageNet-normalised, or uint8 views as the readers give them
+        (normalised here, on the teacher's device); resized (bicubic) to the model's size if needed."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"teacher images must be [B, 3, H, W], got {tuple(images.shape)}")
         with self._frozen():
-            x = self.image_input(images.to(device=self.device, dtype=torch.float32))
+            x = self.image_input(model_input(images, self.device, torch.float32))
             out = self.clip.encode_image(x.to(self.dtype))
         return _autograd_safe(out)
 
@@ -234,7 +235,7 @@ def zero_shot_accuracy(encode_image: Callable[[torch.Tensor], torch.Tensor],
                        class_names: Sequence[str], template: Callable[[str], str] = emotion_prompt
                        ) -> Tuple[float, int]:
     """CLIP zero-shot classification: predict argmax_c cos(image, text(template(class_c))).
-    batches: dicts with "image" [B, 3, H, W] and "label" [B] (e.g. `build_labeled_loader`);
+    batches: dicts with "image" [B, 3, H, W] (uint8 views) and "label" [B] (e.g. `build_labeled_loader`);
     encode_*: a model's encoders (`CLIPTeacher.encode_image` / `encode_text`, or a model in
     training, called under no_grad). Returns (top-1 accuracy, number of images)."""
     with torch.no_grad():

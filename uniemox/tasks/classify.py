@@ -224,7 +224,7 @@ class ClassifyTask(Task):
             print(f"  test {headline}: {test[headline]:.4f}  ({os.path.join(self.eval_dir, 'test.json')})")
         print(f"  best model:  {self.best_dir}  (timm.create_model('local-dir:{self.best_dir}', pretrained=True))\n"
               f"  checkpoint:  {last_checkpoint}\n  TensorBoard: tensorboard --logdir "
-              f"{os.path.join(run.run_dir, 'tb')}\n  predict:     python launch/predict.py --model {self.best_dir} IMAGE...")
+              f"{os.path.join(run.run_dir, 'tb')}\n  predict:     uniemox-predict --model {self.best_dir} IMAGE...")
 
 
 def export_classifier(source: str, out_dir: str) -> Dict[str, str]:

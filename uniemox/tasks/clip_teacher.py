@@ -170,7 +170,7 @@ class TeacherTask(Task):
                   f"{self.final.get('eval/zero_shot_accuracy', float('nan')):.4f}.\n"
                   f"  TensorBoard: tensorboard --logdir {os.path.join(run.run_dir, 'tb')}\n"
                   f"  weights:     {weights} ({written['bytes'] / 2**20:.1f} MiB, {cfg.export.dtype})\n"
-                  f"  use:         deepspeed launch/pretrain.py ... teacher.model={cfg.model.name} "
+                  f"  use:         uniemox-pretrain ... teacher.model={cfg.model.name} "
                   f"teacher.input_norm={cfg.model.input_norm} --teacher-weights {weights}")
         if torch.distributed.is_initialized():
             torch.distributed.barrier()  # no rank leaves before the weights are written

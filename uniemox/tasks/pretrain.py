@@ -109,7 +109,7 @@ class PretrainTask(Task):
         run_dir = self.run.run_dir
         print(f"done: {step} steps, {skipped_steps} skipped.\n  TensorBoard:     tensorboard --logdir "
               f"{os.path.join(run_dir, 'tb')}\n  reconstructions: {os.path.join(run_dir, 'reconstructions')}\n"
-              f"  checkpoint:      {last_checkpoint}\n  export:          python launch/pretrain.py --export "
+              f"  checkpoint:      {last_checkpoint}\n  export:          uniemox-pretrain --export "
               f"{last_checkpoint} {os.path.join(run_dir, 'export')}")
 
 

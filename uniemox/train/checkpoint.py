@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from uniemox.errors import UserError
 from uniemox.io import atomic_save, atomic_write_json, atomic_write_text, read_json
+from uniemox.safeload import check_checkpoint_dir, load_restricted
 
 logger = logging.getLogger(__name__)
 _TAG = re.compile(r"^step_(\d{8})$")
@@ -130,6 +131,7 @@ class Checkpointer:
         """Restore the engine and this rank's trainer state; RNG states are set here."""
         root, tag = os.path.split(tag_path.rstrip("/"))
         saved_world = read_marker(tag_path)["world_size"]
+        check_checkpoint_dir(tag_path)  # no file runs code: DeepSpeed's loader unpickles without restriction
         if saved_world != self.world_size:
             raise UserError(f"checkpoint {tag_path} was written by {saved_world} ranks, this run has "
                             f"{self.world_size}: the data position cannot be resumed exactly")
@@ -137,7 +139,7 @@ class Checkpointer:
         if loaded is None:
             raise UserError(f"DeepSpeed could not load checkpoint {tag_path}")
         rank_file = os.path.join(tag_path, f"trainer_rank{self.rank}.pt")
-        state = torch.load(rank_file, map_location="cpu", weights_only=True)
+        state = load_restricted(rank_file)
         set_rng_state(state["rng"])
         logger.info("resumed from %s at step %d", tag_path, state["step"])
         return state

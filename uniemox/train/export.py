@@ -13,6 +13,7 @@ import torch
 
 from uniemox.errors import UserError
 from uniemox.io import atomic_save, atomic_write_json
+from uniemox.safeload import DEEPSPEED_TYPES, check_checkpoint_dir, load_restricted
 
 ENCODER_FORMAT = "uniemox-encoder-v1"
 
@@ -21,13 +22,14 @@ def fp32_state_from_checkpoint(tag_path: str) -> Dict[str, torch.Tensor]:
     root, tag = os.path.split(tag_path.rstrip("/"))
     if not os.path.isdir(tag_path):
         raise UserError(f"checkpoint directory not found: {tag_path}")
+    check_checkpoint_dir(tag_path)  # no file runs code: zero_to_fp32 unpickles without restriction
     optim_files = [f for f in os.listdir(tag_path) if f.endswith("optim_states.pt")]
     if optim_files:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
         state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
     else:  # ZeRO-0: our own checkpoint, written by DeepSpeed's torch.save of the module
         path = os.path.join(tag_path, "mp_rank_00_model_states.pt")
-        state = torch.load(path, map_location="cpu", weights_only=False)["module"]
+        state = load_restricted(path, DEEPSPEED_TYPES)["module"]
     return {k: v.detach().float().contiguous() for k, v in state.items()}
 
 
