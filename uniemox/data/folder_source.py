@@ -45,7 +45,8 @@ def class_root(root: str, known: Optional[Sequence[str]] = None) -> str:
         if len(subdirs) != 1 or subdirs[0].lower() in SPLIT_DIRS or \
                 any(f.lower().endswith(IMAGE_EXTS) for f in os.listdir(root)):
             return root
-        if subdirs[0].lower() != WRAPPER and (not names or subdirs[0].lower() in names):
+        if subdirs[0].lower() != WRAPPER and (not names or subdirs[0].lower() in names) or \
+                not _subdirs(os.path.join(root, subdirs[0])):  # images right inside: it is a class folder
             return root
         root = os.path.join(root, subdirs[0])
     return root
