@@ -31,6 +31,7 @@ setup(
         "pyyaml",
         "tqdm",
         "safetensors",
+        "scipy",  # EMOTIC's Annotations.mat (scipy.io.loadmat)
         "timm>=1.0",
         "open-clip-torch>=2.24",
         "webdataset>=0.2.86",

@@ -8,10 +8,11 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from uniemox.data.catalog import open_source
+from uniemox.data.catalog import FORMATS, open_source
 from uniemox.data.classes import known_classes
 from uniemox.data.splits import cut_counts
 from uniemox.errors import UserError
+from uniemox.launch.make_shards import parse_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -201,3 +202,22 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path):
     for args, message in cases:
         code, lines = _cli(*args, "--detector", "none")
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_cannot_tell_the_format_names_one_that_works(tmp_path, capsys):
+    _image(str(tmp_path / "a.jpg"))
+    (tmp_path / "list.txt").write_text("a.jpg,joy\n")
+    with pytest.raises(UserError, match=r"--format csv for path,label\[,box\] rows"):
+        open_source(str(tmp_path / "list.txt"))
+    assert [r.label_name for r in open_source(str(tmp_path / "list.txt"), fmt="csv", split="train").records] == ["joy"]
+    (tmp_path / "blob.bin").write_bytes(b"\x00\x01\x02")
+    with pytest.raises(UserError) as err:
+        open_source(str(tmp_path / "blob.bin"))
+    assert [n for n in FORMATS[1:] if f"{n}: " not in str(err.value)] == [] and "\n" not in str(err.value)
+    _emoset(tmp_path / "es")
+    with pytest.raises(UserError, match="one of EmoSet's files: point at its folder"):
+        open_source(str(tmp_path / "es" / "train.json"))
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    assert [n for n in FORMATS if n not in help_text] == []

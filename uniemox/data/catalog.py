@@ -10,8 +10,8 @@ from .emoset_source import read_emoset
 from .emotic_mat import read_emotic_mat
 from .emotic_source import is_tandon_csv, read_emotic, read_tandon_csv
 from .folder_source import read_image_folder
-from .sources import SPLITS, SourceSet
-from .splits import PRESETS, preset_name
+from .sources import SourceSet
+from .splits import PRESETS, SPLITS, preset_name
 
 FORMAT_HELP = {
     "folder": "class folders ROOT/[train|val|test/]CLASS/IMAGE (Emo8, FI, Emotion6, UnBiasedEmo, CAER-S, HECO)",

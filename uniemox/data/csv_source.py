@@ -9,7 +9,7 @@ Any unreadable row is a UserError naming its line number.
 """
 import csv
 import os
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from ..errors import UserError
 from .classes import class_index, known_classes, label_order, match_classes

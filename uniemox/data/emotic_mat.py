@@ -20,7 +20,8 @@ from typing import Dict, List, Optional
 from ..errors import UserError
 from .classes import EMOTIC_CATEGORIES
 from .emotic_source import person_record, finish
-from .sources import SPLITS, make_key
+from .sources import make_key
+from .splits import SPLITS
 
 
 def _items(value) -> List:

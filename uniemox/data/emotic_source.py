@@ -18,7 +18,8 @@ from typing import Dict, List, Optional, Sequence
 
 from ..errors import UserError
 from .classes import EMOTIC_CATEGORIES, class_index, label_order
-from .sources import SPLITS, Record, SourceSet, assign_unique_keys, check_box, load_json, make_key
+from .sources import Record, SourceSet, assign_unique_keys, check_box, load_json, make_key
+from .splits import SPLITS
 
 TANDON_HEADER = ["Index", "Folder", "Filename", "Image Size", "BBox", "Categorical_Labels",
                  "Continuous_Labels", "Gender", "Age"]
