@@ -195,10 +195,12 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path):
     bad_emoset.mkdir()
     _emoset(bad_emoset, emotion="joy")
     (tmp_path / "l.csv").write_text("a.jpg,joy\nb.jpg,joy,1 2 3\n")
+    (tmp_path / "Annotations.mat").write_bytes(b"MATLAB 5.0 MAT-file, but then nothing")
     cases = [((str(tmp_path / "missing"), str(tmp_path / "o1")), "not found"),
              ((str(empty), str(tmp_path / "o2")), "no images found"),
              ((str(bad_emoset), str(tmp_path / "o3")), "train.json entry 0: unknown label 'joy'"),
-             ((str(tmp_path / "l.csv"), str(tmp_path / "o4")), "l.csv line 2: person box must be 4 numbers")]
+             ((str(tmp_path / "l.csv"), str(tmp_path / "o4")), "l.csv line 2: person box must be 4 numbers"),
+             ((str(tmp_path / "Annotations.mat"), str(tmp_path / "o5")), "as a MATLAB .mat file")]
     for args, message in cases:
         code, lines = _cli(*args, "--detector", "none")
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines

@@ -88,7 +88,7 @@ def load_annotations(path: str) -> Dict:
     try:
         mat = loadmat(path, simplify_cells=True)
     except Exception as e:  # not a MATLAB file, truncated, HDF5 (v7.3) ...
-        raise UserError(f"cannot read {path} as a MATLAB .mat file: {type(e).__name__}: {e}") from None
+        raise UserError(f"cannot read {path} as a MATLAB .mat file: {type(e).__name__}: {' '.join(str(e).split())}") from None
     if not any(s in mat for s in SPLITS):
         raise UserError(f"{path}: no train/val/test struct arrays (is this EMOTIC's Annotations.mat?)")
     return mat
@@ -111,10 +111,10 @@ def read_emotic_mat(path: str, image_root: Optional[str] = None, dataset: str = 
                 raise UserError(f"{path}: {split_name}({i + 1}) has no filename/person fields")
             rel = os.path.join(str(entry.get("folder") or ""), str(entry["filename"]))
             for j, person in enumerate(p for p in _items(entry["person"]) if isinstance(p, dict)):
-                box = _box(person.get("body_bbox"))
-                rec = person_record(names, os.path.join(image_root, rel), split_name, make_key(f"{rel}_p{j}"), box,
-                              _categories(person), f"{path} {split_name}({i + 1}).person({j + 1})", skipped,
-                              dict(_vad(person), gender=_text(person.get("gender")), age=_text(person.get("age"))))
+                rec = person_record(names, os.path.join(image_root, rel), split_name, make_key(f"{rel}_p{j}"),
+                                    _box(person.get("body_bbox")), _categories(person),
+                                    f"{path} {split_name}({i + 1}).person({j + 1})", skipped,
+                                    dict(_vad(person), gender=_text(person.get("gender")), age=_text(person.get("age"))))
                 records += [rec] if rec else []
     source = {"format": "emotic-mat", "path": os.path.abspath(path), "image_root": os.path.abspath(image_root)}
     return finish(records, names, dataset, source, skipped, path)

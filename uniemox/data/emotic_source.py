@@ -39,7 +39,7 @@ def person_record(names: Sequence[str], path: str, split: str, key: str, box, ca
     labels = list(dict.fromkeys(class_index(names, str(c), where, "emotic") for c in categories))
     return Record(path=path, split=split, label=labels[0], label_name=names[labels[0]], key=key, labels=labels,
                   label_names=[names[k] for k in labels], person_box=box, box_from_annotation=True,
-                  annotations={k: v for k, v in (annotations or {}).items() if v is not None})
+                  annotations={k: v for k, v in dict(annotations or {}).items() if v is not None})
 
 
 def finish(records: List[Record], names: Sequence[str], dataset: str, source: Dict, skipped: Counter,
@@ -65,9 +65,12 @@ def read_emotic(annotation_file: str, image_root: Optional[str] = None, dataset:
             if not isinstance(entry, dict) or "image" not in entry:
                 raise UserError(f"{where}: expected an object with 'image' and 'people'")
             for j, person in enumerate(entry.get("people") or []):
+                if not isinstance(person, dict):
+                    raise UserError(f"{where} person {j}: expected an object with 'bbox' and 'categories'")
                 rec = person_record(names, os.path.join(image_root, entry["image"]), split_name,
-                              make_key(f"{entry['image']}_p{j}"), person.get("bbox"), person.get("categories") or [],
-                              f"{where} person {j}", skipped, person.get("annotations"))
+                                    make_key(f"{entry['image']}_p{j}"), person.get("bbox"),
+                                    person.get("categories") or [], f"{where} person {j}", skipped,
+                                    person.get("annotations"))
                 records += [rec] if rec else []
     return finish(records, names, dataset, {"format": "emotic", "path": os.path.abspath(annotation_file)},
                   skipped, annotation_file)
@@ -86,6 +89,14 @@ def _literal(text: str, where: str, column: str):
         return ast.literal_eval(text.strip()) if text.strip() else None
     except (ValueError, SyntaxError):
         raise UserError(f"{where}: {column} is not a Python list literal: {text!r}") from None
+
+
+def _vad(text: str, where: str) -> Dict[str, float]:
+    values = _literal(text, where, "Continuous_Labels") or []
+    try:
+        return dict(zip(("valence", "arousal", "dominance"), (float(v) for v in values))) if len(values) == 3 else {}
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: Continuous_Labels must be 3 numbers [valence, arousal, dominance], got {text!r}") from None
 
 
 def _tandon_files(path: str, split: Optional[str]) -> List[tuple]:
@@ -115,13 +126,12 @@ def read_tandon_csv(path: str, image_root: Optional[str] = None, dataset: str = 
                 where = f"{csv_path} row {row.get('Index', '?')}"
                 if any(row.get(c) is None for c in TANDON_HEADER):
                     raise UserError(f"{where}: expected the columns {','.join(TANDON_HEADER)}")
-                cont = _literal(row["Continuous_Labels"], where, "Continuous_Labels") or []
-                vad = dict(zip(("valence", "arousal", "dominance"), (float(v) for v in cont))) if len(cont) == 3 else {}
+                cats = _literal(row["Categorical_Labels"], where, "Categorical_Labels") or []
                 rel = os.path.join(row["Folder"], row["Filename"])
                 rec = person_record(names, os.path.join(image_root, rel), split_name, make_key(rel),
-                              _literal(row["BBox"], where, "BBox"),
-                              _literal(row["Categorical_Labels"], where, "Categorical_Labels") or [], where, skipped,
-                              dict(vad, gender=row["Gender"] or None, age=row["Age"] or None))
+                                    _literal(row["BBox"], where, "BBox"), [cats] if isinstance(cats, str) else cats,
+                                    where, skipped, dict(_vad(row["Continuous_Labels"], where),
+                                                         gender=row["Gender"] or None, age=row["Age"] or None))
                 records += [rec] if rec else []
     source = {"format": "emotic-csv", "path": os.path.abspath(path), "image_root": os.path.abspath(image_root)}
     return finish(records, names, dataset, source, skipped, path)
