@@ -204,10 +204,10 @@ EMOTION6_ROW = "{name}\t{v}\t{a}\t0.133333\t0.7\t0\t0.0666667\t0.1\t0\t0"
 
 
 def emotion6(photos, root, counts):
-    """Emotion6/images/CLASS/N.jpg + ground_truth.txt (header line, then tab-separated rows)."""
+    """Emotion6/images/CLASS/N.jpg + ground_truth.txt (a header line, then tab-separated rows; the
+    readme gives the columns, not the header's exact text)."""
     class_folders(photos, os.path.join(root, "images"), counts)
-    lines = ["[image_filename]\t[valence]\t[arousal]\t[prob. anger]\t[prob. disgust]\t[prob. fear]\t"
-             "[prob. joy]\t[prob. sadness]\t[prob. surprise]\t[prob. neutral]"]
+    lines = ["image_filename\tvalence\tarousal\tanger\tdisgust\tfear\tjoy\tsadness\tsurprise\tneutral"]
     for cls, n in counts.items():
         lines += [EMOTION6_ROW.format(name=f"{cls}/{i + 1}.jpg", v=2.5 + i, a=3.8) for i in range(n)]
     with open(os.path.join(root, "ground_truth.txt"), "w") as f:

@@ -26,12 +26,14 @@ def read_ground_truth(path: str) -> Dict[str, Dict]:
     for number, line in enumerate(lines, 1):
         fields = line.split("\t") if "\t" in line else line.split()
         fields = [f.strip() for f in fields if f.strip()]
-        if not fields or (number == 1 and fields[0].startswith("[")):  # blank, or the header line
+        if not fields:
             continue
         try:
             values = [float(v) for v in fields[1:]]
         except ValueError:
             values = []
+        if number == 1 and not values:  # the header line ("except the first line", says the readme)
+            continue
         if len(values) != 2 + len(DISTRIBUTION):
             raise UserError(f"{path} line {number}: expected an image name and 9 numbers (valence, "
                             f"arousal, 7 emotion probabilities), got {line.strip()!r}")
