@@ -36,6 +36,7 @@ setup(
         "matplotlib",       # evaluation reports (confusion PNGs) and benchmark plots
         "braceexpand",      # shard patterns, data-000{000..099}.tar
         "safetensors",
+        "scipy",  # EMOTIC's Annotations.mat (scipy.io.loadmat)
         "timm>=1.0",
         "open-clip-torch>=2.24",
         "webdataset>=0.2.86",

@@ -1,9 +1,13 @@
 """Convert an emotion dataset into WebDataset tar shards with person boxes and a manifest.
 
-    python launch/make_shards.py data/Emo8 shards/emo8 --dataset emo8
-    python launch/make_shards.py data/FI shards/fi --dataset fi              # seeded 80/5/15 split
-    python launch/make_shards.py data/EmoSet-118K shards/emoset              # EmoSet's own layout
-    python launch/make_shards.py emotic.json shards/emotic --image-root data/emotic
+Each dataset is read as its download unpacks (docs/data.md has the exact command for each):
+
+    python launch/make_shards.py data/EmoSet-118K shards/emoset              # info.json + splits
+    python launch/make_shards.py data/EMOTIC shards/emotic                   # Annotations/ + emotic/
+    python launch/make_shards.py data/Emotion6 shards/emotion6 --dataset emotion6
+    python launch/make_shards.py data/UnBiasedEmo shards/ube --dataset ube
+    python launch/make_shards.py data/CAER-S shards/caer-s --dataset caer-s  # train/ + test/
+    python launch/make_shards.py data/FI shards/fi --dataset fi              # drawn 80/5/15 split
     python launch/make_shards.py list.csv shards/mine --classes a,b,c        # path,label[,box]
     python launch/make_shards.py --sample data/sample shards/sample          # synthetic demo data
 
@@ -13,7 +17,7 @@ else by --detector (mediapipe, torchvision or none). Bad input: one line, exit c
 import argparse
 import sys
 
-from uniemox.data.catalog import FORMATS, open_source
+from uniemox.data.catalog import FORMAT_HELP, FORMATS, open_source
 from uniemox.data.detector import DETECTORS
 from uniemox.data.sample import write_sample_dataset
 from uniemox.data.splits import PRESETS
@@ -24,12 +28,17 @@ from uniemox.errors import UserError
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("source", help="image folder, EmoSet folder, EMOTIC-style .json or .csv")
+    p.add_argument("source", help="the dataset as downloaded: a folder, EMOTIC's .mat, a .json or .csv")
     p.add_argument("out", help="output folder for {split}-NNNNNN.tar and manifest.json (must be empty)")
-    p.add_argument("--format", default="auto", choices=FORMATS)
-    p.add_argument("--dataset", default=None, help=f"split preset: {', '.join(PRESETS)}")
-    p.add_argument("--classes", default=None, help="comma-separated class names, in label order")
-    p.add_argument("--image-root", default=None, help="folder image paths are relative to (CSV/EMOTIC)")
+    p.add_argument("--format", default="auto", choices=FORMATS,
+                   help="auto (default: told by the files) or " +
+                        "; ".join(f"{k}: {v}" for k, v in FORMAT_HELP.items()))
+    p.add_argument("--dataset", default=None,
+                   help=f"preset (classes, label order, splits): {', '.join(PRESETS)}")
+    p.add_argument("--classes", default=None,
+                   help="comma-separated class names, in label order (a preset's classes are fixed)")
+    p.add_argument("--image-root", default=None,
+                   help="folder image paths are relative to (CSV, EMOTIC; default: where the download keeps them)")
     p.add_argument("--split", default=None, help="put every sample in this split (train, val or test)")
     p.add_argument("--split-ratios", default=None, help="train,val,test fractions for unsplit data")
     p.add_argument("--split-seed", type=int, default=None)

@@ -1,3 +1,5 @@
+import argparse
+import copy
 import pickle
 
 import pytest
@@ -8,6 +10,7 @@ from uniemox.convert import (load_encoder_checkpoint, load_pretrainer_checkpoint
                              read_checkpoint)
 from uniemox.errors import UserError
 from uniemox.models import create_encoder, create_pretrainer
+from uniemox.models.fusion_release import to_release
 
 ARCH = dict(img_size=32, depth=2, decoder_depth=1)
 
@@ -99,21 +102,113 @@ def test_wrong_size_is_a_clear_error(tmp_path):
         load_pretrainer_checkpoint(small, str(tmp_path / "tiny.pth"))
 
 
+def _optimizer_state(*modules):
+    """A real AdamW state after one step, as the training scripts save it (of copies: the step
+    must not move the weights being saved)."""
+    params = [p for m in copy.deepcopy(modules) for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.95))
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    opt.zero_grad()
+    return opt.state_dict()
+
+
+def _outputs(m, imgs, noise, alpha, beta):
+    with torch.no_grad():
+        return _mae_outputs(m, imgs, noise) + (m.fusion(alpha, beta),)
+
+
+def _same_outputs(src, dst):
+    g, dim = torch.Generator().manual_seed(5), src.fusion.dim
+    args = (torch.randn(2, 3, 32, 32, generator=g), torch.rand(2, 4, generator=g),
+            torch.randn(2, dim, generator=g), torch.randn(2, dim, generator=g))
+    for a, b in zip(_outputs(src, *args), _outputs(dst, *args)):
+        assert torch.equal(a, b)
+
+
+def test_release_main_pretrain_checkpoints(tmp_path):
+    """main_pretrain.py writes checkpoint.pth every epoch (DDP-wrapped model and fusion, so keys are
+    'module.'-prefixed; att_fusion in the release's names) and checkpoint-N.pth via MAE's save_model."""
+    src, dst = _pretrainer(0, fusion="mlp_glu", proj_dim=256), _pretrainer(1, fusion="mlp_glu", proj_dim=256)
+    args = argparse.Namespace(model="mae_vit_large_patch16", mask_ratio=0.9, use_fusion="mlp_attention_glu",
+                              heads=3, channels=512, lr=None, blr=1e-3, resume="", use_component=["fusion"],
+                              distributed=True, dist_backend="nccl", gpu=0, rank=0)
+    torch.save({"model": {"module." + k: v for k, v in src.model.state_dict().items()},
+                "att_fusion": {"module." + k: v for k, v in to_release(src.fusion).items()},
+                "optimizer": _optimizer_state(src), "epoch": 100, "args": args}, tmp_path / "checkpoint.pth")
+    report = load_pretrainer_checkpoint(dst, str(tmp_path / "checkpoint.pth"))
+    assert report.missing == [] and report.unexpected == []
+    _same_outputs(src, dst)
+    scaler = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+              "_growth_tracker": 0}
+    torch.save({"model": src.model.state_dict(), "optimizer": _optimizer_state(src.model), "epoch": 99,
+                "scaler": scaler, "args": args}, tmp_path / "checkpoint-99.pth")
+    report = load_pretrainer_checkpoint(_pretrainer(2, fusion="mlp_glu", proj_dim=256), str(tmp_path / "checkpoint-99.pth"))
+    assert report.unexpected == [] and report.missing == sorted(f"fusion.{k}" for k in src.fusion.state_dict())
+    # exporting in the release's layout gives the file's att_fusion back, tensor for tensor
+    exported = mae_checkpoint(dst)["att_fusion"]
+    assert exported.keys() == to_release(src.fusion).keys()
+    assert all(torch.equal(v, to_release(src.fusion)[k]) for k, v in exported.items())
+
+
+def test_facebookresearch_mae_training_checkpoint(tmp_path):
+    """util/misc.py save_model: {'model', 'optimizer', 'epoch', 'scaler', 'args'}."""
+    src, dst = _pretrainer(0, proj_dim=256), _pretrainer(1, proj_dim=256)
+    args = argparse.Namespace(batch_size=64, epochs=800, model="mae_vit_base_patch16", input_size=224,
+                              mask_ratio=0.75, norm_pix_loss=True, weight_decay=0.05, lr=None, blr=1.5e-4,
+                              data_path="/datasets01/imagenet_full_size/061417/", output_dir="./output_dir",
+                              distributed=False, dist_url="env://")
+    torch.save({"model": src.model.state_dict(), "optimizer": _optimizer_state(src.model), "epoch": 799,
+                "scaler": torch.amp.GradScaler("cpu").state_dict(), "args": args}, tmp_path / "checkpoint-799.pth")
+    report = load_pretrainer_checkpoint(dst, str(tmp_path / "checkpoint-799.pth"))
+    assert report.unexpected == [] and all(k.startswith("fusion.") for k in report.missing)
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 4)
+    for a, b in zip(_mae_outputs(src, imgs, noise), _mae_outputs(dst, imgs, noise)):
+        assert torch.equal(a, b)
+    enc = create_encoder("uniemox_vit_tiny_patch16", img_size=32, depth=2, global_pool="token").eval()
+    assert load_encoder_checkpoint(enc, str(tmp_path / "checkpoint-799.pth")).missing == []
+
+
 class _Exploit:
     def __reduce__(self):
         return (print, ("this must never run",))
 
 
-def test_bad_files(tmp_path):
+class _Args(argparse.Namespace):  # harmless, but not the type the allowlist names: refused too
+    pass
+
+
+def _refusal(path):
+    with pytest.raises(UserError) as err:
+        read_checkpoint(str(path))
+    text = str(err.value)
+    assert "\n" not in text and "\x1b" not in text and "weights_only` set to `False" not in text
+    return text
+
+
+def test_bad_files(tmp_path, capsys):
     with pytest.raises(UserError, match="checkpoint not found"):
         read_checkpoint(str(tmp_path / "nope.pth"))
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(UserError, match="cannot read checkpoint"):
-        read_checkpoint(str(tmp_path / "garbage.pth"))
+    assert "not a checkpoint written by torch.save" in _refusal(tmp_path / "garbage.pth")
     with open(tmp_path / "exploit.pth", "wb") as f:
         pickle.dump({"model": _Exploit()}, f)
-    with pytest.raises(UserError, match="cannot read checkpoint"):
-        read_checkpoint(str(tmp_path / "exploit.pth"))
+    assert "cannot read checkpoint" in _refusal(tmp_path / "exploit.pth")
+    with open(tmp_path / "exploit2.pth", "wb") as f:
+        pickle.dump({"model": _Exploit()}, f, protocol=2)
+    assert "it needs print, which a checkpoint may not hold" in _refusal(tmp_path / "exploit2.pth")
+    torch.save({"model": {"w": torch.zeros(2)}, "args": _Exploit()}, tmp_path / "exploit.pth")
+    assert "it needs builtins.print, which a checkpoint may not hold" in _refusal(tmp_path / "exploit.pth")
+    torch.save({"model": {"w": torch.zeros(2)}, "args": _Args(lr=1.0)}, tmp_path / "subclass.pth")
+    assert "it needs test_convert._Args" in _refusal(tmp_path / "subclass.pth")
+    good = tmp_path / "ok.pth"
+    torch.save({"model": {"w": torch.zeros(2)}, "args": argparse.Namespace(lr=1.0)}, good)
+    assert read_checkpoint(str(good))["args"].lr == 1.0
+    data = good.read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    assert "RuntimeError: PytorchStreamReader failed reading zip archive" in _refusal(tmp_path / "cut.pth")
+    assert "this must never run" not in capsys.readouterr().out
 
 
 def test_bad_model_name():

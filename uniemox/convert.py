@@ -2,15 +2,21 @@
 
 Accepted layouts (all read with ``torch.load(weights_only=True)`` or safetensors, so a file
 can never run code):
-  * facebookresearch/mae: ``{"model": state_dict}``, encoder-only or with the decoder;
-  * the UniEmoX release: ``{"model": ..., "att_fusion": ...}``, keys possibly ``module.``-prefixed;
+  * facebookresearch/mae: released weights ``{"model": state_dict}``, encoder-only or with the
+    decoder, and its training checkpoints ``{"model", "optimizer", "epoch", "scaler", "args"}``;
+  * the UniEmoX release: ``main_pretrain.py``'s ``checkpoint.pth`` ``{"model", "att_fusion",
+    "optimizer", "epoch", "args"}`` (keys ``module.``-prefixed by DDP) and ``checkpoint-N.pth``
+    (MAE's form); ``att_fusion`` in the release's own names (models/fusion_release.py);
   * timm ViT weights (``patch_embed.proj``, ``blocks.N``, ``norm``, ``head`` ...): the encoder;
   * a bare state dict, or DeepSpeed's ``{"module": ...}``.
 Keys that the target lacks, and target keys the file lacks, are returned in a ``LoadReport``
 and logged, never dropped silently.
 """
+import argparse
 import logging
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Tuple
 
@@ -18,6 +24,8 @@ import torch
 import torch.nn as nn
 
 from uniemox.errors import UserError
+from uniemox.models.fusion import Fusion
+from uniemox.models.fusion_release import from_release, to_release
 
 logger = logging.getLogger(__name__)
 StateDict = Dict[str, torch.Tensor]
@@ -28,6 +36,10 @@ _CLASSIFIER_KEYS = ("head.weight", "head.bias")
 _HEAD_KEYS = _CLASSIFIER_KEYS + ("fc_norm.weight", "fc_norm.bias")
 # Checkpoint parts beside "model" and the pretrainer submodule each one loads into.
 _EXTRA_PARTS = {"att_fusion": "fusion", "distill_proj": "distill_proj"}
+# The only non-builtin type MAE's and the release's training checkpoints hold: their `args`.
+# Allowed by name for this load only; anything else a file needs is refused (it could run code).
+SAFE_GLOBALS = (argparse.Namespace,)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass
@@ -50,6 +62,26 @@ class LoadReport:
         return text
 
 
+def _load_error(path: str, exc: Exception) -> str:
+    """Why torch.load refused a file, in one line: the real cause, without torch's advice to load
+    it unsafely, its colour codes or its line breaks."""
+    text = _ANSI.sub("", str(exc))
+    cause = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0]
+    cause = " ".join(cause.split()).split(" Please use `torch.serialization", 1)[0]
+    needed = re.findall(r"GLOBAL ([\w.]+)", cause)
+    if needed:
+        try:  # a zip checkpoint can list every global it needs without being loaded
+            needed = torch.serialization.get_unsafe_globals_in_checkpoint(path) or needed
+        except Exception:  # not a torch.save zip: the one the unpickler met is named
+            pass
+        allowed = ", ".join(f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS)
+        return (f"it needs {', '.join(needed)}, which a checkpoint may not hold (loading it could run code; "
+                f"allowed besides tensors and plain Python values: {allowed})")
+    if cause.startswith("Unsupported operand"):  # raw pickle.dump output or not a pickle at all
+        return f"not a checkpoint written by torch.save ({cause}: a pickle instruction weights-only loading refuses)"
+    return f"{type(exc).__name__}: {cause or ' '.join(text.split())}"
+
+
 def read_checkpoint(path: str) -> Mapping:
     """The raw object of a checkpoint file, loaded without executing code."""
     if not os.path.isfile(path):
@@ -58,10 +90,11 @@ def read_checkpoint(path: str) -> Mapping:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
             return load_file(path, device="cpu")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            warnings.simplefilter("ignore")  # e.g. "pickle protocol 4": the error, if any, says what matters
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated zips, code-carrying pickles
-        raise UserError(f"cannot read checkpoint {path}: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise UserError(f"cannot read checkpoint {path}: {_load_error(path, exc)}") from None
 
 
 def _strip(sd: Mapping, prefixes=("module.", "_orig_mod.")) -> StateDict:
@@ -125,7 +158,8 @@ def load_pretrainer_checkpoint(pretrainer: nn.Module, path: str) -> LoadReport:
             if target is None:
                 report.unexpected += [f"{part}.{k}" for k in extras.get(part, {})]
                 continue
-            sub = load_into(target, extras.get(part, {}))
+            weights = extras.get(part, {})
+            sub = load_into(target, from_release(target, weights) if isinstance(target, Fusion) else weights)
             report.loaded += [f"{attr}.{k}" for k in sub.loaded]
             report.missing += [f"{attr}.{k}" for k in sub.missing]
             report.unexpected += [f"{part}.{k}" for k in sub.unexpected]
@@ -161,11 +195,11 @@ def load_encoder_checkpoint(encoder: nn.Module, path: str) -> LoadReport:
 
 
 def mae_checkpoint(pretrainer: nn.Module) -> dict:
-    """The release's layout, ``{"model": MAE keys, "att_fusion": fusion keys}``, plus
-    ``"distill_proj"`` when the CLS projection is not the decoder's input Linear (fp32, CPU)."""
-    def cpu(module):
-        return {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
-    out = {"model": cpu(pretrainer.model), "att_fusion": cpu(pretrainer.fusion)}
+    """The release's layout, ``{"model": MAE keys, "att_fusion": the fusion in the release's names}``,
+    plus ``"distill_proj"`` when the CLS projection is not the decoder's input Linear (fp32, CPU)."""
+    def cpu(weights):
+        return {k: v.detach().float().cpu() for k, v in weights.items()}
+    out = {"model": cpu(pretrainer.model.state_dict()), "att_fusion": cpu(to_release(pretrainer.fusion))}
     if pretrainer.distill_proj is not None:
-        out["distill_proj"] = cpu(pretrainer.distill_proj)
+        out["distill_proj"] = cpu(pretrainer.distill_proj.state_dict())
     return out

@@ -9,10 +9,11 @@ Any unreadable row is a UserError naming its line number.
 """
 import csv
 import os
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from ..errors import UserError
-from .sources import Record, SourceSet, assign_unique_keys, check_box, class_index, make_key, split_records
+from .classes import class_index, known_classes, label_order, match_classes
+from .sources import Record, SourceSet, assign_unique_keys, check_box, make_key, split_records
 
 
 def _parse_box(field: str, where: str):
@@ -52,18 +53,24 @@ def read_csv(csv_path: str, dataset: str = "custom", classes: Optional[Sequence[
         raise UserError(f"{csv_path}: cannot read as CSV ({e})") from None
     if not parsed:
         raise UserError(f"{csv_path}: no rows")
-    names: List[str] = list(classes) if classes else sorted({p[2] for p in parsed})
+    if known_classes(dataset):  # a list may hold some of the classes; their order stays the dataset's
+        names = match_classes(dataset, {p[2] for p in parsed if not p[2].isdigit()}, csv_path, exact=False)
+        order = label_order(dataset)
+    else:
+        names = list(classes) if classes else sorted({p[2] for p in parsed})
+        order = "as given by --classes" if classes else "sorted labels"
     records = []
     for where, path, label, box, annotated in parsed:
-        if classes and label.isdigit():
+        if (classes or known_classes(dataset)) and label.isdigit():
             if int(label) >= len(names):
                 raise UserError(f"{where}: unknown label index {label} (there are {len(names)} classes)")
             idx = int(label)
         else:
-            idx = class_index(names, label, where)
+            idx = class_index(names, label, where, dataset)
         records.append(Record(path=os.path.join(root, path), split="", label=idx, label_name=names[idx],
                               key=make_key(path), person_box=box, box_from_annotation=annotated,
                               group=names[idx]))
     split_records(records, dataset, ratios, seed, split)
     assign_unique_keys(records)
-    return SourceSet(records, names, dataset, {"format": "csv", "path": os.path.abspath(csv_path)})
+    return SourceSet(records, names, dataset, {"format": "csv", "path": os.path.abspath(csv_path)},
+                     label_order=order)

@@ -1,9 +1,10 @@
 """Write a `SourceSet` as WebDataset tar shards plus a manifest.
 
-Per sample (README, "Sample format"): ``__key__``, ``jpg`` (the original bytes unless the
+Per sample (docs/data.md, "Sample format"): ``__key__``, ``jpg`` (the original bytes unless the
 image was resized or was not a JPEG) and ``json`` with label, label_name, dataset,
 attributes, person_box ([x0, y0, x1, y1] in pixels of the STORED image, or null),
-box_source and size. Decoding, resizing and person detection run in worker processes
+box_source, size and, where the dataset has them, its own ``annotations`` (EMOTIC's
+valence/arousal/dominance, Emotion6's ground truth). Decoding, resizing and person detection run in worker processes
 (spawned: mediapipe's threads do not survive fork); the main process only writes.
 """
 import io
@@ -98,6 +99,8 @@ def process_record(rec: Record, max_side: int) -> Dict:
             "person_box": box, "box_source": source, "box_score": score, "size": list(img.size)}
     if rec.labels is not None:
         meta.update(labels=rec.labels, label_names=rec.label_names)
+    if rec.annotations:
+        meta["annotations"] = rec.annotations
     return {"key": rec.key, "jpg": data, "meta": meta}
 
 
@@ -179,20 +182,22 @@ def write_shards(source: SourceSet, out_dir: str, shard_size: int = 1000, max_si
                          "with_person_box": boxed[split], "shards": describe_shards(out_dir, split, sizes)}
     manifest = {
         "format": FORMAT, "version": VERSION, "dataset": source.dataset, "source": source.source,
-        "classes": list(source.classes), "multi_label": any(r.labels for r in source.records),
+        "classes": list(source.classes), "label_order": source.label_order,
+        "multi_label": any(r.labels for r in source.records),
         "options": {"shard_size": shard_size, "max_side": max_side},
         "tool": {"uniemox": __version__, "webdataset": getattr(wds, "__version__", "?"),
                  "python": sys.version.split()[0], "detector": det_info},
         "total": sum(count.values()), "with_person_box": sum(boxed.values()),
         "box_sources": dict(box_sources),
-        "skipped": {"unreadable": len(errors), "examples": errors[:10]},
+        "skipped": {"unreadable": len(errors), "examples": errors[:10], **source.skipped},
         "splits": splits,
     }
     write_manifest(out_dir, manifest)
     if progress:
         print(f"wrote {manifest['total']} images in {sum(len(s['shards']) for s in splits.values())} shards to "
               f"{out_dir} in {time.time() - t0:.1f}s: persons found {manifest['with_person_box']}, "
-              f"skipped {len(errors)} unreadable; " +
+              f"skipped {len(errors)} unreadable" +
+              "".join(f", {n} {reason.replace('_', ' ')}" for reason, n in source.skipped.items()) + "; " +
               ", ".join(f"{k} {v['count']}" for k, v in splits.items()), file=sys.stderr)
         for error in errors[:3]:
             print(f"  unreadable: {error}", file=sys.stderr)

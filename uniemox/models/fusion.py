@@ -4,6 +4,9 @@ Every variant maps (alpha [B, C], beta [B, C]) -> gamma [B, C] and is built by n
 `build_fusion(name, dim, heads)`. The `none` variant returns alpha unchanged (the
 "without fusion" ablation); its `uses_beta` is False so a caller may skip the person view.
 
+The release's parameter names for these modules, and loading/exporting its weights, are in
+fusion_release.py.
+
 Initialisation: every nn.Linear here is Xavier-uniform with zero bias and every LayerNorm
 is (1, 0): exactly what MAE's `initialize_weights` (`model.apply(_init_weights)`) would set,
 so re-initialising the whole pretrainer that way changes nothing in distribution. The
@@ -18,7 +21,9 @@ from torch import nn
 
 from uniemox.errors import UserError
 
-LN_EPS = 1e-6  # the project's LayerNorm eps (METHOD §4)
+# nn.LayerNorm's default, as the release's fusion modules use it: the same weights give the same
+# token only with the same eps (the ViT keeps MAE's 1e-6, models/vit.py).
+LN_EPS = 1e-5
 EPS_BIAS_INIT = 1e-5
 
 
