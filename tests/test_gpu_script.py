@@ -51,6 +51,9 @@ def test_each_step_measured_what_it_should(smoke):
     env = json.loads((out / "env.json").read_text())
     assert env["command"].endswith("--cpu-smoke") and env["versions"]["torch"] and env["git"]["commit"]
     assert env["device"]["type"] == "cpu" and env["attention"] == dict(env["attention"], runs=True, use="auto")
+    # the tree measured is this one, through the script's links (as on the GPU machine, where
+    # nothing is installed), not whatever copy of uniemox the environment has
+    assert env["versions"]["uniemox_path"] == str(out) + ".work/src/uniemox"
     assert steps["cuda_tests"]["tests"] == {"test_xformers_matches_math_on_gpu": "skipped: needs CUDA + xformers"}
     for dtype in ("bf16", "fp32"):
         kernels = steps[f"kernels_{dtype}"]

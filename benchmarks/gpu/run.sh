@@ -124,6 +124,13 @@ run_step() {
 
 skip_step() { record "$1" "skipped=\"$2\""; echo "[gpu] $1: skipped ($2)"; }
 
+link_package() {  # DIR: uniemox from this tree, importable as installed, with nothing built
+  local pkg=$1/uniemox f  # setup.py's package_dir: uniemox.kernels is kernels/, uniemox.launch launch/
+  rm -rf "$1" && mkdir -p "$pkg"
+  for f in "$PWD"/uniemox/*; do ln -s "$f" "$pkg/"; done
+  ln -s "$PWD/kernels" "$pkg/kernels" && ln -s "$PWD/launch" "$pkg/launch"
+}
+
 collect_run() {  # DEST: the pretraining run's small files (its checkpoints stay in WORK)
   cp -f "$RUN_DIR/metrics.jsonl" "$RUN_DIR/config.yaml" "$1/" 2>/dev/null
   local d
@@ -136,16 +143,16 @@ collect_run() {  # DEST: the pretraining run's small files (its checkpoints stay
 # -- the steps -------------------------------------------------------------------------------------
 : > "$OUT/steps.jsonl"
 echo "[gpu] $MODE run into $OUT (work: $WORK), budget ${TOTAL}s"
+link_package "$WORK/src"  # both modes: the code measured is this tree's, whatever is installed
 if ((SMOKE)); then
   skip_step install "cpu smoke: the current environment"
+  export PYTHONPATH=$WORK/src${PYTHONPATH:+:$PYTHONPATH}
 else
   unset TRITON_INTERPRET  # the kernels must compile for the GPU, not run in the interpreter
-  run_step install bash -c "
-    if [[ -d .whl ]]; then $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target $SITE .whl/*.whl || exit; else echo 'no .whl/: carry [\".whl\"] (bash ../shared/gpu/wheels.sh)'; fi
-    $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade --target $SITE . &&
-    [[ -d .whl ]]"
-  export PYTHONPATH=$SITE:$PWD
+  # the wheels the GPU image lacks, as ../shared/gpu/wheels.sh's header says
+  run_step install bash -c "[[ -d .whl ]] || { echo 'no .whl/ here: carry [\".whl\"] (bash ../shared/gpu/wheels.sh)'; exit 2; }
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE .whl/*.whl"
+  export PYTHONPATH=$WORK/src:$SITE
 fi
 
 run_step env "$PY" benchmarks/gpu/environment.py "$OUT" --command "$COMMAND" --mode "$MODE"
