@@ -46,11 +46,12 @@ done
 COMMAND="bash benchmarks/gpu/run.sh $OUT$( ((SMOKE)) && echo ' --cpu-smoke')${ONLY:+ --only $ONLY}${TOTAL:+ --budget $TOTAL}"
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 WORK=${WORK:-$OUT.work}
+mkdir -p "$WORK" && WORK=$(cd "$WORK" && pwd)
 cd "$(dirname "$0")/../.."  # the repository root
 PY=${PYTHON:-python3}
 SITE=${UNIEMOX_SITE:-/tmp/site}
 export UNIEMOX_CACHE=$WORK/cache PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-mkdir -p "$WORK" "$OUT/logs" "$OUT/cuda_tests" "$OUT/kernels" "$OUT/step_sweep" "$OUT/loader" \
+mkdir -p "$OUT/logs" "$OUT/cuda_tests" "$OUT/kernels" "$OUT/step_sweep" "$OUT/loader" \
   "$OUT/pretrain" "$OUT/resume" "$OUT/step_profile"
 
 # -- sizes: the only difference between the modes -------------------------------------------------
