@@ -107,3 +107,24 @@ def test_every_test_that_needs_cuda_is_marked_for_the_script():
                     "pytest.mark.cuda" not in "".join(lines[max(0, i - 2):i]):
                 unmarked.append(f"{path.name}:{i + 1}")
     assert unmarked == []
+
+
+def test_summary_tells_time_outs_failures_and_missing_files_apart(tmp_path):
+    records = [{"step": "env", "rc": 124, "expect_rc": 0, "seconds": 45.2, "timeout_s": 45},
+               {"step": "kernels_bf16", "rc": 1, "expect_rc": 0, "seconds": 3.0, "timeout_s": 90},
+               {"step": "loader", "rc": 0, "expect_rc": 0, "seconds": 9.0, "timeout_s": 75},
+               {"step": "pretrain", "rc": 137, "expect_rc": 137, "seconds": 30.0, "timeout_s": 120}]
+    (tmp_path / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "loader").mkdir()
+    (tmp_path / "loader" / "loader.json").write_text(json.dumps({"rows": [{"workers": 4, "samples_per_s": 9.0}]}))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu" / "summary.py"), str(tmp_path),
+                           "--steps", "env kernels_bf16 loader pretrain resume"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    steps = json.loads((tmp_path / "summary.json").read_text())["steps"]
+    assert {name: s["status"] for name, s in steps.items()} == {
+        "env": "timed out", "kernels_bf16": "failed rc 1",
+        "loader": "failed: missing loader/loader.csv, loader/loader.png",  # exit 0 is not enough
+        "pretrain": "failed: missing pretrain/metrics.jsonl, pretrain/config.yaml, pretrain/checkpoints.txt, "
+                    "pretrain/plan.json",
+        "resume": "not run: no record"}
