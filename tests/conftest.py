@@ -8,6 +8,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 
 
+def pytest_configure(config):
+    # benchmarks/gpu/run.sh runs every test with this marker on the GPU machine
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one; run by the GPU script)")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """The sample shards and other caches go to a per-session folder, not the user's home."""

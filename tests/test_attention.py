@@ -56,6 +56,7 @@ def test_xformers_refused_where_it_cannot_run():
         resolve_backend("flash9", torch.device("cpu"))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not (torch.cuda.is_available() and xformers_available()), reason="needs CUDA + xformers")
 def test_xformers_matches_math_on_gpu():
     q, k, v = _qkv(b=4, n=197, h=12, d=64, dtype=torch.bfloat16, device="cuda")

@@ -81,3 +81,16 @@ def test_entry_point_refuses_without_a_gpu():
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "GPU benchmark" in lines[0], proc.stderr
+
+
+def test_entry_point_smoke_run_from_a_shell(tmp_path):
+    """As typed in a shell, TRITON_INTERPRET unset: --interpret sets it, so nothing the launcher
+    imports (the step benchmark's open_clip -> torch._dynamo) may import triton before that."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "res.json"
+    proc = subprocess.run([sys.executable, "launch/benchmark.py"] + TINY + ["--kernels", "random_masking",
+                                                                           "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["kernel"] == "random_masking" and row["max_abs_diff"]["forward"] == 0.0

@@ -1,18 +1,17 @@
 """Real shards from real images, read back through the pipeline with 2 workers."""
 import io
 import json
-import shutil
 import tarfile
 
 import numpy as np
 import pytest
 import skimage.data
 import torch
-from matplotlib import cbook
 from PIL import Image
 
 from uniemox.launch.make_shards import main as make_shards
 from uniemox.data import build_pretrain_loader, load_manifest, shard_urls, verify_shards
+from uniemox.data.photos import write_photos
 from uniemox.data.prompts import build_prompt
 from uniemox.data.transforms import crop_person
 
@@ -25,12 +24,7 @@ def real_shards(tmp_path_factory):
     with the mediapipe detector in 2 worker processes."""
     root = tmp_path_factory.mktemp("real")
     src = root / "src"
-    (src / "person").mkdir(parents=True)
-    (src / "thing").mkdir()
-    Image.fromarray(skimage.data.astronaut()).save(src / "person" / "astronaut.png")
-    shutil.copy(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), src / "person" / "grace_hopper.jpg")
-    Image.fromarray(skimage.data.chelsea()).save(src / "thing" / "chelsea.jpg", quality=95)
-    Image.fromarray(skimage.data.coffee()).save(src / "thing" / "coffee.png")
+    write_photos(str(src))
     (src / "thing" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     out = root / "shards"
     rc = make_shards([str(src), str(out), "--split", "train", "--shard-size", "2", "--max-side", "200",

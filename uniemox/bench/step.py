@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import torch
 
@@ -24,9 +24,14 @@ from uniemox.errors import UserError
 
 from . import plot, results, timing
 from .data import make_batches, resolve_shards
-from .measure import Measurement, profile_steps, run_steps
-from .runners import VARIANTS, RunnerSpec, build_runner
 from .sweep import BASE, StepCase, add_arguments, apply_preset, arch_overrides, grid_from_args
+
+if TYPE_CHECKING:
+    from .measure import Measurement
+    from .runners import RunnerSpec
+# .measure and .runners are imported where they are used: they pull in open_clip, torchvision
+# and, through torch._dynamo, triton, and `benchmark.py kernels --interpret` must set
+# TRITON_INTERPRET before triton is first imported (triton.language reads it at import).
 
 __all__ = ["add_arguments", "run", "measure_case", "COLUMNS", "TARGETS"]
 
@@ -58,7 +63,7 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _row(case: StepCase, variant: str, m: Measurement, flops_per_sample: float, peak: Optional[float],
+def _row(case: StepCase, variant: str, m: "Measurement", flops_per_sample: float, peak: Optional[float],
          settings: Dict, resolved: Dict[str, str]) -> Dict:
     gib, mib = 2 ** 30, 2 ** 20
     achieved = m.samples_per_s * flops_per_sample
@@ -79,10 +84,13 @@ def _row(case: StepCase, variant: str, m: Measurement, flops_per_sample: float, 
         loss_first=m.first_loss, loss_last=m.last_loss)
 
 
-def _time_variant(variant: str, spec: RunnerSpec, case: StepCase, args: argparse.Namespace, arch,
-                  device: torch.device) -> Tuple[Measurement, float]:
+def _time_variant(variant: str, spec: "RunnerSpec", case: StepCase, args: argparse.Namespace, arch,
+                  device: torch.device) -> Tuple["Measurement", float]:
     """Build one variant, time it (and profile it with --profile), free it -> (measurement, FLOPs/sample)."""
     from uniemox.models.flops import pretrainer_step_flops
+
+    from .measure import profile_steps, run_steps
+    from .runners import build_runner
 
     patches = (arch.img_size // arch.patch_size) ** 2
     runner = build_runner(variant, spec, device)
@@ -111,6 +119,8 @@ def measure_case(case: StepCase, args: argparse.Namespace, device: torch.device,
     from uniemox.kernels.dispatch import resolve_impl
     from uniemox.models import get_arch
     from uniemox.models.attention import resolve_backend
+
+    from .runners import VARIANTS, RunnerSpec
 
     overrides = arch_overrides(args.arch)
     arch = get_arch(case.model, **overrides)
@@ -154,6 +164,8 @@ def run(args: argparse.Namespace) -> Dict:
     from uniemox.train.engine import init_distributed, resolve_precision
     from uniemox.train.metrics import device_peak_flops
     import open_clip
+
+    from .runners import VARIANTS
 
     if args.preset:
         apply_preset(args)
