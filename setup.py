@@ -27,7 +27,7 @@ setup(
                  "uniemox.launch": "launch", "uniemox.configs": "configs"},
     package_data={"uniemox": ["assets/*"], "uniemox.configs": ["*.json", "*.yaml"]},
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.5",         # torch.serialization.safe_globals (restricted loading)
         "torchvision>=0.19",
         "numpy",
         "pillow",

@@ -12,11 +12,8 @@ can never run code):
 Keys that the target lacks, and target keys the file lacks, are returned in a ``LoadReport``
 and logged, never dropped silently.
 """
-import argparse
 import logging
 import os
-import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Tuple
 
@@ -24,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from uniemox.errors import UserError
+from uniemox.safeload import load_restricted
 from uniemox.models.fusion import Fusion
 from uniemox.models.fusion_release import from_release, to_release
 
@@ -38,8 +36,7 @@ _HEAD_KEYS = _CLASSIFIER_KEYS + ("fc_norm.weight", "fc_norm.bias")
 _EXTRA_PARTS = {"att_fusion": "fusion", "distill_proj": "distill_proj"}
 # The only non-builtin type MAE's and the release's training checkpoints hold: their `args`.
 # Allowed by name for this load only; anything else a file needs is refused (it could run code).
-SAFE_GLOBALS = (argparse.Namespace,)
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+SAFE_GLOBALS = ("argparse.Namespace",)
 
 
 @dataclass
@@ -62,39 +59,17 @@ class LoadReport:
         return text
 
 
-def _load_error(path: str, exc: Exception) -> str:
-    """Why torch.load refused a file, in one line: the real cause, without torch's advice to load
-    it unsafely, its colour codes or its line breaks."""
-    text = _ANSI.sub("", str(exc))
-    cause = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0]
-    cause = " ".join(cause.split()).split(" Please use `torch.serialization", 1)[0]
-    needed = re.findall(r"GLOBAL ([\w.]+)", cause)
-    if needed:
-        try:  # a zip checkpoint can list every global it needs without being loaded
-            needed = torch.serialization.get_unsafe_globals_in_checkpoint(path) or needed
-        except Exception:  # not a torch.save zip: the one the unpickler met is named
-            pass
-        allowed = ", ".join(f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS)
-        return (f"it needs {', '.join(needed)}, which a checkpoint may not hold (loading it could run code; "
-                f"allowed besides tensors and plain Python values: {allowed})")
-    if cause.startswith("Unsupported operand"):  # raw pickle.dump output or not a pickle at all
-        return f"not a checkpoint written by torch.save ({cause}: a pickle instruction weights-only loading refuses)"
-    return f"{type(exc).__name__}: {cause or ' '.join(text.split())}"
-
-
 def read_checkpoint(path: str) -> Mapping:
     """The raw object of a checkpoint file, loaded without executing code."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
+    if not path.endswith(".safetensors"):
+        return load_restricted(path, SAFE_GLOBALS)
+    from safetensors.torch import load_file
     try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            return load_file(path, device="cpu")
-        with warnings.catch_warnings(), torch.serialization.safe_globals(list(SAFE_GLOBALS)):
-            warnings.simplefilter("ignore")  # e.g. "pickle protocol 4": the error, if any, says what matters
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated zips, code-carrying pickles
-        raise UserError(f"cannot read checkpoint {path}: {_load_error(path, exc)}") from None
+        return load_file(path, device="cpu")
+    except Exception as exc:  # a damaged or hostile header
+        raise UserError(f"cannot read checkpoint {path}: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
 
 
 def _strip(sd: Mapping, prefixes=("module.", "_orig_mod.")) -> StateDict:

@@ -1,9 +1,11 @@
 """Reading pickled checkpoint files without letting them run code.
 
-Every ``.pt`` file goes through ``torch.load(weights_only=True)``: tensors, containers and
-numbers, plus exactly the types a given kind of file really holds, allowed by name. A file that
-needs anything else (a ``__reduce__`` payload names ``os.system`` or the like) is refused with
-one line naming the file and the type, before any loader that could execute code sees it.
+Every pickled file goes through ``torch.load(weights_only=True)``: tensors, containers and
+numbers, plus exactly the types a given kind of file really holds, allowed by name (DeepSpeed's
+checkpoint files: ``DEEPSPEED_TYPES``; MAE's and the release's training checkpoints: their
+``argparse.Namespace``). A file that needs anything else (a ``__reduce__`` payload names
+``os.system`` or the like) is refused with one line naming the file and the type, before any
+loader that could execute code sees it.
 
 DeepSpeed's own loaders (``load_checkpoint``, ``zero_to_fp32``) unpickle without restriction:
 ``check_checkpoint_dir`` passes every file of a checkpoint through the restricted load first
@@ -11,8 +13,8 @@ DeepSpeed's own loaders (``load_checkpoint``, ``zero_to_fp32``) unpickle without
 """
 import importlib
 import os
-import pickle
 import re
+import warnings
 from typing import Any, Iterable, Tuple
 
 import torch
@@ -26,7 +28,7 @@ DEEPSPEED_TYPES = ("deepspeed.runtime.fp16.loss_scaler.LossScaler",
                    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
                    "deepspeed.utils.tensor_fragment.fragment_address",
                    "deepspeed.runtime.zero.config.ZeroStageEnum")
-_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _resolve(name: str):
@@ -34,30 +36,38 @@ def _resolve(name: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def _refusal(path: str, exc: Exception) -> UserError:
-    text = str(exc)
-    found = _GLOBAL.search(text)
-    if found:
-        return UserError(f"refused to load {path}: it holds {found.group(1)}, a type no checkpoint of this kind "
-                         f"holds (loading it could run code)")
-    reason = next((line.strip() for line in text.splitlines() if "nsupported" in line), "")
-    return UserError(f"refused to load {path}: {reason or type(exc).__name__} (not a plain tensor file)")
+def explain_refusal(path: str, exc: Exception, allowed: Iterable[str] = ()) -> str:
+    """Why torch.load refused a file, in one line: the real cause, without torch's advice to load
+    it unsafely, its colour codes or its line breaks."""
+    text = _ANSI.sub("", str(exc))
+    cause = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0]
+    cause = " ".join(cause.split()).split(" Please use `torch.serialization", 1)[0]
+    needed = re.findall(r"GLOBAL ([\w.]+)", cause)
+    if needed:
+        try:  # a zip checkpoint can list every global it needs without being loaded
+            needed = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                      if g not in allowed] or needed
+        except Exception:  # not a torch.save zip: the one the unpickler met is named
+            pass
+        extra = f"; allowed besides tensors and plain Python values: {', '.join(allowed)}" if allowed else ""
+        return f"it needs {', '.join(needed)}, which a checkpoint may not hold (loading it could run code{extra})"
+    if cause.startswith("Unsupported operand"):  # raw pickle.dump output or not a pickle at all
+        return f"not a checkpoint written by torch.save ({cause}: a pickle instruction weights-only loading refuses)"
+    return f"{type(exc).__name__}: {cause or ' '.join(text.split())}"
 
 
-def load_restricted(path: str, allowed: Iterable[str] = (), mmap: bool = False) -> Any:
+def load_restricted(path: str, allowed: Iterable[str] = (), mmap: bool = False, what: str = "checkpoint") -> Any:
     """``torch.load`` that runs no code: ``allowed`` names the extra types the file may hold.
-    A refused or unreadable file is a ``UserError`` of one line."""
+    A missing, refused or unreadable file is a ``UserError`` of one line."""
     if not os.path.isfile(path):
-        raise UserError(f"not found: {path}")
-    types = [_resolve(name) for name in allowed]
+        raise UserError(f"{what} not found: {path}")
+    allowed = tuple(allowed)
     try:
-        with torch.serialization.safe_globals(types):
+        with warnings.catch_warnings(), torch.serialization.safe_globals([_resolve(n) for n in allowed]):
+            warnings.simplefilter("ignore")  # e.g. "pickle protocol 4": the error, if any, says what matters
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        raise _refusal(path, exc) from None
-    except Exception as exc:  # truncated or damaged zip, not a torch file at all
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(f"cannot read {path}: {type(exc).__name__}: {first}") from None
+    except Exception as exc:  # code-carrying pickles, truncated zips, not a torch file at all
+        raise UserError(f"cannot read {what} {path}: {explain_refusal(path, exc, allowed)}") from None
 
 
 def checkpoint_files(tag_path: str) -> Tuple[str, ...]:
@@ -68,4 +78,4 @@ def check_checkpoint_dir(tag_path: str) -> None:
     """Every pickled file of a checkpoint passes the restricted load (DeepSpeed's types allowed),
     or the first one that does not is refused."""
     for path in checkpoint_files(tag_path):
-        load_restricted(path, DEEPSPEED_TYPES, mmap=True)
+        load_restricted(path, DEEPSPEED_TYPES, mmap=True, what="checkpoint file")
