@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from uniemox.errors import UserError
+from uniemox.io import read_json
 from uniemox.safeload import load_restricted
 from uniemox.models.fusion import Fusion
 from uniemox.models.fusion_release import from_release, to_release
@@ -140,6 +141,21 @@ def load_pretrainer_checkpoint(pretrainer: nn.Module, path: str) -> LoadReport:
             report.unexpected += [f"{part}.{k}" for k in sub.unexpected]
     logger.info("%s: %s", path, report.summary())
     return report
+
+
+def read_pretrain_export(path: str, need: str = "pretrainer") -> Tuple[str, str, Dict]:
+    """(pretrainer.safetensors, encoder.safetensors, the run config) of a pretraining export folder
+    (``uniemox-pretrain --export``); the run config names the model it was written with. ``need``:
+    the weights file the caller reads ("pretrainer" or "encoder"), which must be there."""
+    weights, encoder = os.path.join(path, "pretrainer.safetensors"), os.path.join(path, "encoder.safetensors")
+    config = os.path.join(path, "config.json")
+    if not (os.path.isfile(config) and os.path.isfile(encoder if need == "encoder" else weights)):
+        raise UserError(f"{path} is not a pretraining export ({need}.safetensors + config.json); make one "
+                        f"with 'uniemox-pretrain --export CHECKPOINT OUT'")
+    run_config = read_json(config, "export config").get("run_config") or {}
+    if not (run_config.get("model") or {}).get("name"):
+        raise UserError(f"{config} does not name the model (run_config.model.name)")
+    return weights, encoder, run_config
 
 
 def load_encoder_state(encoder: nn.Module, checkpoint: Mapping) -> LoadReport:

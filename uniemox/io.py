@@ -60,6 +60,8 @@ def read_json(path: PathLike, what: str = "file") -> Any:
         raise UserError(f"{what} {path} is a directory") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{what} {path} is not valid JSON ({exc})") from None
+    except OSError as exc:  # permissions, a FIFO that errors, an I/O error
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
 def replace_dir(tmp_dir: PathLike, out_dir: PathLike) -> Path:

@@ -1,9 +1,9 @@
 """One entry to every source format: `open_source(path, fmt="auto", ...)`, and telling them apart."""
-import json
 import os
 from typing import Optional, Sequence
 
 from ..errors import UserError
+from ..io import read_json
 from .classes import known_classes, match_classes
 from .csv_source import read_csv
 from .emoset_source import read_emoset
@@ -35,11 +35,7 @@ def _mat_in(folder: str) -> Optional[str]:
 
 
 def _detect_json(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path)
     if isinstance(data, dict) and any(isinstance(data.get(s), list) for s in SPLITS):
         return "emotic"
     if isinstance(data, list) or os.path.basename(path) == "info.json":  # an EmoSet file, not its dataset

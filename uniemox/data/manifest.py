@@ -5,11 +5,11 @@ from what (source, options) and with what (tool versions, detector), and a sha25
 shard, so users and tests can check a set with `verify_shards`.
 """
 import hashlib
-import json
 import os
 from typing import Dict, Iterable, List, Sequence
 
 from ..errors import UserError
+from ..io import atomic_write_json, read_json
 
 MANIFEST = "manifest.json"
 FORMAT = "uniemox-shards"
@@ -41,23 +41,15 @@ def describe_shards(out_dir: str, split: str, counts: Sequence[int]) -> List[Dic
 def write_manifest(out_dir: str, manifest: Dict) -> str:
     """Write atomically (temp file + rename): a half-written manifest never exists."""
     path = os.path.join(out_dir, MANIFEST)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, manifest)
     return path
 
 
 def load_manifest(root: str) -> Dict:
     path = root if root.endswith(".json") else os.path.join(root, MANIFEST)
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"no shard manifest at {path} (write shards with make_shards first)") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: damaged manifest ({e})") from None
+    if not os.path.exists(path):
+        raise UserError(f"no shard manifest at {path} (write shards with make_shards first)")
+    manifest = read_json(path, "shard manifest")
     if manifest.get("format") != FORMAT:
         raise UserError(f"{path}: not a {FORMAT} manifest")
     return manifest

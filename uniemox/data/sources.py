@@ -6,13 +6,13 @@ folder_source.py (class folders: Emo8, FI, Emotion6, UnBiasedEmo, CAER-S, HECO),
 emoset_source.py, emotic_source.py (EMOTIC-style JSON, Annotations.mat, Tandon-A's CSVs),
 csv_source.py (``path,label[,box]``); catalog.py picks one.
 """
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..errors import UserError
+from ..io import read_json
 from .splits import SPLITS, get_preset, seeded_split
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -78,13 +78,7 @@ def check_box(box, where: str) -> Optional[List[float]]:
 
 
 def load_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path)
 
 
 def require_dir(root: str) -> None:

@@ -11,9 +11,7 @@ lives in the teacher's text space. A class c is scored by the caption sentence o
 The encoder runs unmasked (MAE's evaluation practice). Without a person view, B is the whole
 image (pretraining's rule when no person is found).
 """
-import json
 import logging
-import os
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -21,23 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from uniemox.data.prompts import emotion_prompt
+from uniemox.convert import read_pretrain_export
 from uniemox.errors import UserError
 
 logger = logging.getLogger(__name__)
-
-
-def read_pretrain_export(path: str) -> Tuple[str, Dict]:
-    """(pretrainer.safetensors path, the run config) of a pretraining export folder."""
-    weights, config = os.path.join(path, "pretrainer.safetensors"), os.path.join(path, "config.json")
-    if not (os.path.isfile(weights) and os.path.isfile(config)):
-        raise UserError(f"{path} is not a pretraining export (pretrainer.safetensors + config.json); make one "
-                        f"with 'uniemox-pretrain --export CHECKPOINT OUT'")
-    with open(config, encoding="utf-8") as f:
-        run_config = json.load(f).get("run_config") or {}
-    if not run_config.get("model"):
-        raise UserError(f"{config} has no run_config.model (the pretraining run's config.yaml was not found "
-                        f"at export time)")
-    return weights, run_config
 
 
 def build_teacher(run_config: Dict, device: torch.device, model: Optional[str] = None,
@@ -63,7 +48,7 @@ def load_student(path: str, proj_dim: int, device: torch.device):
     from uniemox.convert import load_pretrainer_checkpoint
     from uniemox.models import create_pretrainer
 
-    weights, run_config = read_pretrain_export(path)
+    weights, _, run_config = read_pretrain_export(path)
     m = run_config["model"]
     student = create_pretrainer(m["name"], fusion=m.get("fusion", "easy"), fusion_heads=m.get("fusion_heads", 3),
                                 proj_dim=proj_dim, attn_backend=m.get("attn_backend", "auto"), **(m.get("arch") or {}))
@@ -102,7 +87,7 @@ class ZeroShotClassifier(nn.Module):
 def build_zero_shot(export: str, class_names: Sequence[str], device: torch.device, teacher_model: Optional[str] = None,
                     teacher_weights: Optional[str] = None, teacher_pretrained: Optional[str] = None
                     ) -> Tuple[ZeroShotClassifier, Dict]:
-    _, run_config = read_pretrain_export(export)
+    _, _, run_config = read_pretrain_export(export)
     teacher = build_teacher(run_config, device, teacher_model, teacher_weights, teacher_pretrained)
     student, run_config = load_student(export, teacher.embed_dim, device)
     text = class_text_embeddings(teacher, class_names)

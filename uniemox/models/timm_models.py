@@ -156,15 +156,10 @@ def create_from_export(path: str, **overrides) -> Tuple[torch.nn.Module, Dict]:
 def export_pretrained(src: str, out_dir: str) -> Dict[str, str]:
     """A pretraining export (``launch/pretrain.py --export``) as a headless timm export: the
     encoder with its final norm, CLS-token pooling (the token pretraining distils), no head."""
-    from uniemox.convert import load_encoder_checkpoint
+    from uniemox.convert import load_encoder_checkpoint, read_pretrain_export
 
-    weights, config = os.path.join(src, "encoder.safetensors"), os.path.join(src, "config.json")
-    if not (os.path.isfile(weights) and os.path.isfile(config)):
-        raise UserError(f"{src} is not a pretraining export (encoder.safetensors + config.json)")
-    with open(config, encoding="utf-8") as f:
-        model_cfg = (json.load(f).get("run_config") or {}).get("model") or {}
-    if "name" not in model_cfg:
-        raise UserError(f"{config} does not name the model (run_config.model.name)")
+    _, weights, run_config = read_pretrain_export(src, need="encoder")
+    model_cfg = run_config["model"]
     encoder = create_encoder(model_cfg["name"], num_classes=0, global_pool="token", **(model_cfg.get("arch") or {}))
     report = load_encoder_checkpoint(encoder, weights)
     if report.missing or report.unexpected:
