@@ -1,8 +1,9 @@
 """What the training entry points (pretrain, finetune, train_teacher) share: their common flags,
-the one config precedence rule, and how a run ends (exit 0; 2 for bad input, one line; 3 when
-too many non-finite steps stopped it)."""
+the one config precedence rule, and how a run ends (exit 0; 2 for bad input or a run directory
+that refuses writes, one line; 3 when too many non-finite steps stopped it)."""
 import argparse
 import contextlib
+import errno
 import logging
 import sys
 from typing import Iterator, Sequence, Tuple
@@ -70,6 +71,11 @@ def entry_point(progress_log: bool = True) -> Iterator[None]:
         if _rank() == 0:
             print(f"error: {halt}", file=sys.stderr)
         sys.exit(3)
+    except OSError as exc:  # the run directory or disk refuses a write: the user's to fix
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        print(f"error: cannot write {exc.filename or 'a file'}: {exc.strerror}", file=sys.stderr)
+        sys.exit(UserError.exit_code)
 
 
 def _rank() -> int:

@@ -11,7 +11,7 @@ from typing import Dict, Iterator, Optional, Sequence, Union
 from torch.utils.data import DataLoader
 
 from ..errors import UserError
-from .reader import MODES, ReaderConfig, ShardStream, ViewTransform, expand_urls
+from .reader import MODES, ReaderConfig, ShardStream, ViewTransform, count_classes, expand_urls
 from .tarstream import SKIP_KINDS
 
 
@@ -147,12 +147,16 @@ def build_pretrain_loader(urls: Union[str, Sequence[str]], batch_size: int, num_
                           resampled: bool = False, rank: int = 0, world_size: int = 1,
                           start_state: Optional[Dict] = None, epoch_batches: Optional[int] = None,
                           drop_last: bool = True, pin_memory: bool = False,
-                          person_view: bool = True) -> ShardLoader:
+                          person_view: bool = True, class_count: Optional[int] = None) -> ShardLoader:
     """The pretraining reader (two views + prompt); see `ShardLoader` for the batch layout.
     ``person_view=False``: batches without "person" (a caller that uses the scene view only
-    saves its crop and resize)."""
-    cfg = ReaderConfig(tuple(expand_urls(urls)), batch_size, num_workers, image_size, shuffle_buffer, seed,
-                       resampled, rank, world_size, drop_last, "pretrain", person_view=person_view)
+    saves its crop and resize). ``class_count``: samples labelled outside it are skipped and
+    counted (default: the classes of the shards' manifest, where there is one)."""
+    urls = expand_urls(urls)
+    class_count = class_count if class_count is not None else count_classes(urls)
+    cfg = ReaderConfig(tuple(urls), batch_size, num_workers, image_size, shuffle_buffer, seed,
+                       resampled, rank, world_size, drop_last, "pretrain", person_view=person_view,
+                       class_count=class_count)
     return ShardLoader(cfg, epoch_batches, pin_memory, start_state=start_state)
 
 
@@ -160,15 +164,18 @@ def build_labeled_loader(urls: Union[str, Sequence[str]], batch_size: int, num_w
                          image_size: int = 224, train: bool = False, shuffle_buffer: int = 1000,
                          seed: int = 0, rank: int = 0, world_size: int = 1,
                          num_classes: Optional[int] = None, start_state: Optional[Dict] = None,
-                         view_transform: Optional[ViewTransform] = None, pin_memory: bool = False) -> ShardLoader:
+                         view_transform: Optional[ViewTransform] = None, pin_memory: bool = False,
+                         class_count: Optional[int] = None) -> ShardLoader:
     """Single-view labelled batches for fine-tuning (train=True: random-resized crop + flip, or
     ``view_transform``; shuffled, full batches) or evaluation (resize + centre crop, file order,
-    every sample once; workers are capped at the shards per rank)."""
+    every sample once; workers are capped at the shards per rank). ``class_count``: as in
+    `build_pretrain_loader` (``num_classes``, where given, is the class count)."""
     urls = expand_urls(urls)
+    class_count = class_count or num_classes or count_classes(urls)
     if not train:
         if len(urls) < world_size:
             raise UserError(f"{len(urls)} shard(s) for {world_size} ranks: every rank needs a shard")
         num_workers = min(num_workers, len(urls) // world_size)
     cfg = ReaderConfig(tuple(urls), batch_size, num_workers, image_size, shuffle_buffer, seed, False, rank,
-                       world_size, train, "train" if train else "eval", num_classes)
+                       world_size, train, "train" if train else "eval", num_classes, class_count=class_count)
     return ShardLoader(cfg, pin_memory=pin_memory, start_state=start_state, view_transform=view_transform)

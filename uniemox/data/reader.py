@@ -19,7 +19,6 @@ Each DataLoader worker runs one `ShardStream` (the loader around it is loader.py
 * damaged data (corrupt image, bad JSON, truncated tar) is skipped and counted
   (`loader.skipped`), logged at most every 10 s per worker.
 """
-import io
 import json
 import math
 import os
@@ -34,7 +33,9 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import UserError
+from .images import decode_image
 from .prompts import build_prompt
+from .sample_meta import check_meta
 from .tarstream import IMAGE_KEYS, RateLimitedLog, iter_shards, seeded_shuffle
 from .transforms import EvalTransform, TwoViewTransform, ViewAugment
 
@@ -57,6 +58,7 @@ class ReaderConfig:
     mode: str = "pretrain"
     num_classes: Optional[int] = None  # multi-label targets (EMOTIC) in train/eval mode
     person_view: bool = True  # pretrain mode: False leaves the person view out (teacher training)
+    class_count: Optional[int] = None  # labels at or above it are skipped (None: not known)
 
     @property
     def streams(self) -> int:
@@ -106,6 +108,19 @@ def epoch_size(urls: Union[str, Sequence[str]]) -> Optional[int]:
     return total
 
 
+def count_classes(urls: Sequence[str]) -> Optional[int]:
+    """The class count of the manifests next to ``urls`` (None where a shard has none, or the
+    manifests disagree)."""
+    from .manifest import MANIFEST, load_manifest
+
+    counts = set()
+    for folder in {os.path.dirname(os.path.abspath(u)) for u in urls}:
+        if not os.path.isfile(os.path.join(folder, MANIFEST)):
+            return None
+        counts.add(len(load_manifest(folder).get("classes") or ()))
+    return counts.pop() if len(counts) == 1 and 0 not in counts else None
+
+
 def prompt_of(meta: Dict) -> str:
     """METHOD §1 text; a multi-label sample names all its emotions ("a, b and c")."""
     names = meta.get("label_names") or [meta["label_name"]]
@@ -142,14 +157,19 @@ class ShardStream(IterableDataset):
             return None
         try:
             meta = json.loads(sample["json"])
-            label = int(meta["label"])
-            text = prompt_of(meta) if self.cfg.mode == "pretrain" else ""
+            problem = check_meta(meta, self.cfg.class_count)
+            if problem is None and self.cfg.mode == "pretrain":
+                text = prompt_of(meta)
         except Exception as e:
-            counters["bad_json"] += 1
-            warn(f"sample {key}: undecodable json ({type(e).__name__}: {e})")
+            problem = f"bad_json: undecodable ({type(e).__name__}: {e})"
+        if problem is not None:
+            kind, _, why = problem.partition(": ")
+            counters[kind] += 1
+            warn(f"sample {key}: {kind.replace('_', ' ')} ({why})")
             return None
+        label = meta["label"]
         try:
-            img = Image.open(io.BytesIO(sample[image_key])).convert("RGB")
+            img = decode_image(sample[image_key])
         except Exception as e:
             counters["corrupt_image"] += 1
             warn(f"sample {key}: corrupt image ({type(e).__name__}: {e})")
@@ -197,12 +217,18 @@ class ShardStream(IterableDataset):
 
         batch: List[Dict] = []
         while True:
-            raw = iter_shards(self.shards(epoch, worker), counters, warn)
+            # damaged shards met while fast-forwarding to a resume position were counted before the
+            # resume (the counters are restored): shard events are kept only from that position on
+            shard_events: Counter = Counter()
+            raw = iter_shards(self.shards(epoch, worker), shard_events, warn)
             if cfg.mode != "eval":
                 raw = seeded_shuffle(raw, cfg.shuffle_buffer,
                                      random.Random(f"{cfg.seed}:shuffle:{epoch}:{cfg.rank}:{worker}"))
             index, made = -1, 0
             for index, sample in enumerate(raw):
+                if index >= skip:
+                    counters.update(shard_events)
+                shard_events.clear()
                 if index < skip:
                     continue  # already consumed before the resume: no decoding
                 out = self.make(sample, random.Random(f"{cfg.seed}:{cfg.rank}:{worker}:{epoch}:{index}"),
@@ -214,6 +240,8 @@ class ShardStream(IterableDataset):
                 if len(batch) == cfg.batch_size:
                     yield self.collate(batch, meta(index + 1))
                     batch = []
+            if index + 1 >= skip:
+                counters.update(shard_events)  # met after the last sample of the pass
             if not (cfg.resampled or self.endless):
                 if batch and not cfg.drop_last:
                     yield self.collate(batch, meta(index + 1))

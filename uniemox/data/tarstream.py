@@ -12,10 +12,12 @@ from typing import Dict, Iterable, Iterator, List
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
+from .sample_meta import SKIP_KINDS as META_SKIP_KINDS
+
 logger = logging.getLogger("uniemox.data")
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-SKIP_KINDS = ("corrupt_image", "bad_json", "incomplete_sample", "truncated_shard", "unreadable_shard")
+SKIP_KINDS = ("corrupt_image", "incomplete_sample", "truncated_shard", "unreadable_shard") + META_SKIP_KINDS
 
 
 class RateLimitedLog:

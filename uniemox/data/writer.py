@@ -25,6 +25,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..errors import UserError
 from .detector import build_detector
+from .images import to_rgb
 from .manifest import FORMAT, MANIFEST, VERSION, describe_shards, write_manifest
 from .sources import Record, SourceSet
 from .splits import SPLITS
@@ -50,9 +51,9 @@ def prepare_image(path: str, max_side: int) -> Tuple[bytes, Image.Image, float]:
         scale = max_side / min(w, h)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         img.draft("RGB", size)  # JPEG: decode at a reduced DCT scale that is still >= size
-        img = img.convert("RGB").resize(size, Image.BICUBIC, reducing_gap=3.0)
+        img = to_rgb(img).resize(size, Image.BICUBIC, reducing_gap=3.0)
     else:
-        img = img.convert("RGB")  # full decode: a corrupt file fails here, not in training
+        img = to_rgb(img)  # full decode: a corrupt file fails here, not in training
     if scale == 1.0 and fmt == "JPEG":
         return raw, img, scale
     buf = io.BytesIO()

@@ -3,6 +3,7 @@
 Scores are probabilities: softmax over classes, or sigmoid per category for multi-label
 heads (BCE); metrics use argmax / ranking, so the choice does not change them.
 """
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -49,6 +50,19 @@ def predict_loader(forward: Callable[[torch.Tensor], torch.Tensor], loader, devi
     return Predictions(keys, torch.cat(scores).numpy(), torch.cat(labels).numpy())
 
 
+def sum_counts(counts: Dict[str, int]) -> Dict[str, int]:
+    """Per-kind counts summed over all ranks (kinds as this rank names them); nonzero ones only."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: List[Optional[Dict]] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, dict(counts))
+        total: Dict[str, int] = {}
+        for part in parts:
+            for kind, n in part.items():
+                total[kind] = total.get(kind, 0) + n
+        counts = total
+    return {k: int(v) for k, v in counts.items() if v}
+
+
 def gather(pred: Predictions) -> Predictions:
     """All ranks' predictions on every rank (rank order); a no-op in a world of one."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -74,16 +88,18 @@ def evaluate_split(scorer, shards: str, split: str, batch_size: int, top_k: int 
     if len(scorer.classes) != len(classes):
         raise UserError(f"the model has {len(scorer.classes)} classes, the shard set {len(classes)}")
     multi = scorer.multi_label
-    keys, scores, labels = [], [], []
+    keys, scores, labels, skipped = [], [], [], Counter()
     for batch in iter_view_batches(shard_urls(shards, (split,)), scorer.image_size, batch_size,
-                                   num_classes=len(classes) if multi else None):
+                                   num_classes=len(classes) if multi else None, class_count=len(classes),
+                                   counters=skipped):
         scores.append(scorer.score(batch["scene"], batch["person"], batch["has_person"]).float().cpu())
         labels.append(batch["targets"] if multi else batch["label"])
         keys += batch["key"]
     if not keys:
         raise UserError(f"no readable sample in split {split!r} of {shards}")
     pred = Predictions(keys, torch.cat(scores).numpy(), torch.cat(labels).numpy())
-    metrics = dict(pred.metrics(classes, multi), mode="zero_shot" if scorer.zero_shot else "model")
+    metrics = dict(pred.metrics(classes, multi), mode="zero_shot" if scorer.zero_shot else "model",
+                   skipped={k: v for k, v in skipped.items() if v})
     if out_dir:
         metrics["report"] = write_report(metrics, out_dir, split, predictions=pred.rows(classes, top_k, multi),
                                          echo=False)

@@ -108,6 +108,7 @@ def headline(metrics: Dict) -> Dict[str, float]:
     else:
         out = {k: metrics[k] for k in ("top1", "top3", "macro_f1", "balanced_accuracy")}
         out.update({f"recall/{c}": v["recall"] for c, v in metrics["per_class"].items()})
+    out.update(samples=metrics["num_samples"], skipped=sum((metrics.get("skipped") or {}).values()))
     return {k: float(v) for k, v in out.items() if v is not None}
 
 

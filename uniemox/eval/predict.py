@@ -6,6 +6,7 @@ in evaluation. ``person_view``: the detector's crop of the main person is scored
 view; a classifier's two probability vectors are averaged (no person: the scene view alone),
 the zero-shot model fuses the two CLS tokens as in pretraining (no person: B = the image).
 """
+import logging
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from uniemox.data.images import to_rgb
 from uniemox.data.sources import IMAGE_EXTS
 from uniemox.data.transforms import EvalTransform, crop_person
 from uniemox.errors import UserError
@@ -23,7 +25,8 @@ from .scores import top_k_rows
 
 
 def list_images(paths: Sequence[str]) -> List[str]:
-    """Files as given, folders searched recursively (sorted); nothing found is an error."""
+    """Files as given, folders searched recursively (sorted); nothing found is an error. What is
+    not a regular file (a FIFO, a device, a socket) is skipped with a line: reading it could block."""
     out: List[str] = []
     for path in paths:
         if os.path.isdir(path):
@@ -31,14 +34,21 @@ def list_images(paths: Sequence[str]) -> List[str]:
                            if f.lower().endswith(IMAGE_EXTS))
             if not found:
                 raise UserError(f"no image files under {path}")
-            out += found
-        elif os.path.isfile(path):
-            out.append(path)
-        else:
+            out += [f for f in found if _regular(f)]
+        elif not os.path.exists(path):
             raise UserError(f"not found: {path}")
+        elif _regular(path):
+            out.append(path)
     if not out:
         raise UserError("no image given")
     return out
+
+
+def _regular(path: str) -> bool:
+    if os.path.isfile(path):
+        return True
+    logging.getLogger(__name__).warning("skipped %s: not a regular file", path)
+    return False
 
 
 @dataclass
@@ -57,7 +67,7 @@ def load_views(paths: Iterable[str], size: int, detector=None) -> Iterable[Image
     for path in paths:
         try:
             with Image.open(path) as f:
-                img = f.convert("RGB")
+                img = to_rgb(f)
         except Exception as e:  # reported per file, never fatal
             yield ImageViews(path, None, error=f"{type(e).__name__}: {e}")
             continue

@@ -11,6 +11,15 @@ from uniemox.io import atomic_write_json, atomic_write_text
 from .metrics import headline
 
 
+def scored(metrics: Dict) -> str:
+    """How many samples were scored, and how many damaged ones were skipped, by kind."""
+    skipped = {k: v for k, v in (metrics.get("skipped") or {}).items() if v}
+    if not skipped:
+        return f"samples {metrics['num_samples']}"
+    kinds = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(skipped.items()))
+    return f"samples {metrics['num_samples']} scored, {sum(skipped.values())} skipped ({kinds})"
+
+
 def format_summary(metrics: Dict, title: str = "") -> str:
     """Headline numbers, the per-class table and (single-label) the confusion matrix as text."""
     lines = [title] if title else []
@@ -18,13 +27,13 @@ def format_summary(metrics: Dict, title: str = "") -> str:
     width = max(len(c) for c in classes)
     if metrics["task"] == "multi_label":
         mAP = metrics["mAP"]
-        lines.append(f"samples {metrics['num_samples']}  mAP {mAP:.4f}" if mAP is not None else "mAP: n/a")
+        lines.append(f"{scored(metrics)}  mAP {mAP:.4f}" if mAP is not None else f"{scored(metrics)}  mAP: n/a")
         lines.append(f"{'category':<{width}}  support      AP")
         for name, row in metrics["per_class"].items():
             ap = "     -" if row["ap"] is None else f"{row['ap']:.4f}"
             lines.append(f"{name:<{width}}  {row['support']:>7}  {ap:>6}")
         return "\n".join(lines)
-    lines.append(f"samples {metrics['num_samples']}  top-1 {metrics['top1']:.4f}  top-3 {metrics['top3']:.4f}  "
+    lines.append(f"{scored(metrics)}  top-1 {metrics['top1']:.4f}  top-3 {metrics['top3']:.4f}  "
                  f"macro F1 {metrics['macro_f1']:.4f}  balanced acc {metrics['balanced_accuracy']:.4f}")
     lines.append(f"{'class':<{width}}  support  precision  recall      F1  accuracy")
     for name, row in metrics["per_class"].items():

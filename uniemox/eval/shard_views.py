@@ -5,20 +5,21 @@ Batches: scene / person [B, 3, S, S] (evaluation transform; person = the box's c
 scene where the sample has no box), has_person bool [B], label [B], targets [B, C] with
 num_classes, key list[str]. Damaged samples are skipped and counted as the reader does.
 """
-import io
 import json
 from collections import Counter
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
-from PIL import Image
 
+from uniemox.data.images import decode_image
+from uniemox.data.sample_meta import check_meta
 from uniemox.data.tarstream import IMAGE_KEYS, RateLimitedLog, iter_shards
 from uniemox.data.transforms import EvalTransform, crop_person
 
 
 def iter_view_batches(urls: Sequence[str], image_size: int, batch_size: int,
-                      num_classes: Optional[int] = None, counters: Optional[Counter] = None) -> Iterator[Dict]:
+                      num_classes: Optional[int] = None, counters: Optional[Counter] = None,
+                      class_count: Optional[int] = None) -> Iterator[Dict]:
     transform = EvalTransform(image_size)
     counters = Counter() if counters is None else counters
     warn = RateLimitedLog()
@@ -27,11 +28,18 @@ def iter_view_batches(urls: Sequence[str], image_size: int, batch_size: int,
         image_key = next((k for k in IMAGE_KEYS if k in sample), None)
         try:
             meta = json.loads(sample["json"])
-            img = Image.open(io.BytesIO(sample[image_key])).convert("RGB")
-            label = int(meta["label"])
-        except Exception as e:  # corrupt image, bad json, missing part
-            counters["skipped"] += 1
-            warn(f"sample {sample.get('__key__')}: {type(e).__name__}: {e}")
+            problem = check_meta(meta, class_count or num_classes)
+        except Exception as e:  # missing or undecodable json
+            problem = f"bad_json: {type(e).__name__}: {e}"
+        if problem is None:
+            try:
+                img, label = decode_image(sample[image_key]), meta["label"]
+            except Exception as e:  # corrupt or missing image
+                problem = f"corrupt_image: {type(e).__name__}: {e}"
+        if problem is not None:
+            kind, _, why = problem.partition(": ")
+            counters[kind] += 1
+            warn(f"sample {sample.get('__key__')}: {kind.replace('_', ' ')} ({why})")
             continue
         box = meta.get("person_box")
         scene = transform(img)

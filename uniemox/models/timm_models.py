@@ -146,10 +146,16 @@ def create_from_export(path: str, **overrides) -> Tuple[torch.nn.Module, Dict]:
     config = read_export_config(path)
     if not os.path.isfile(os.path.join(path, WEIGHTS)):
         raise UserError(f"{path}: {WEIGHTS} is missing")
+    from safetensors import SafetensorError
+
     kwargs = dict(config["model_args"], num_classes=config["num_classes"], **overrides)
-    model = timm.create_model(config["architecture"], pretrained=True,
-                              pretrained_cfg_overlay=dict(file=os.path.join(path, WEIGHTS),
-                                                          num_classes=config["num_classes"]), **kwargs)
+    weights = os.path.join(path, WEIGHTS)
+    try:
+        model = timm.create_model(config["architecture"], pretrained=True,
+                                  pretrained_cfg_overlay=dict(file=weights, num_classes=config["num_classes"]),
+                                  **kwargs)
+    except SafetensorError as exc:  # a damaged or hostile file: safetensors reads no code, but refuses it
+        raise UserError(f"cannot read {weights}: {' '.join(str(exc).split())}") from None
     return model.eval(), config
 
 

@@ -49,6 +49,10 @@ class Task:
     name = "train"                 # the progress bar's label
     loss_name = "loss/loss"        # the scalar the progress bar shows as "loss"
     report_first_step = False      # also report step 1
+    # a checkpoint resumes only where these (dotted prefixes of the marker's record: the run
+    # config, "task", "zero_stage") are what they were, apart from ``resume_may_differ``
+    resume_must_match = ("task", "zero_stage", "model")
+    resume_may_differ = ("model.init", "model.attn_backend", "model.kernels")
 
     def __init__(self, cfg, run):
         self.cfg, self.run = cfg, run

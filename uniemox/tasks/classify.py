@@ -23,6 +23,7 @@ ERASE_SALT = 29  # random erasing draws from its own stream of the micro-batch's
 class ClassifyTask(Task):
     name = "fine-tune"
     loss_name = "loss/train"
+    resume_must_match = Task.resume_must_match + ("train.linear_probe",)
 
     @staticmethod
     def recipes(user: Dict) -> List[Dict]:
@@ -70,7 +71,7 @@ class ClassifyTask(Task):
         return build_labeled_loader(data.train, cfg.data.batch_size, cfg.data.num_workers, self.image_size,
                                     train=True, shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.data.seed,
                                     rank=run.rank, world_size=run.world, num_classes=self._targets(),
-                                    view_transform=augment, pin_memory=run.pinned)
+                                    view_transform=augment, pin_memory=run.pinned, class_count=len(self.classes))
 
     def _targets(self):
         return len(self.classes) if self.multi else None
@@ -145,17 +146,19 @@ class ClassifyTask(Task):
 
     def _score(self, forward, urls, name: str, tag: str, step: int, rows: bool = False):
         """Predictions of every rank gathered; rank 0 writes the report -> its metrics (None elsewhere)."""
-        from uniemox.eval.evaluate import gather, predict_loader
+        from uniemox.eval.evaluate import gather, predict_loader, sum_counts
         from uniemox.eval.report import write_report
 
         cfg, run = self.cfg, self.run
         loader = build_labeled_loader(urls, cfg.data.eval_batch_size or cfg.data.batch_size, cfg.data.num_workers,
                                       self.image_size, train=False, rank=run.rank, world_size=run.world,
-                                      num_classes=self._targets(), pin_memory=run.pinned)
+                                      num_classes=self._targets(), pin_memory=run.pinned,
+                                      class_count=len(self.classes))
         pred = gather(predict_loader(forward, loader, run.device, self.multi))
+        skipped = sum_counts(loader.skip_counts)  # collective, as gather: every rank calls it
         if run.rank != 0:
             return None
-        metrics = pred.metrics(self.classes, self.multi)
+        metrics = dict(pred.metrics(self.classes, self.multi), skipped=skipped)
         write_report(metrics, self.eval_dir, name, self.writer, step, tag=tag, echo=not cfg.log.progress,
                      predictions=pred.rows(self.classes, cfg.eval.top_k, self.multi) if rows else None)
         return metrics

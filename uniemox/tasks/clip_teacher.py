@@ -26,6 +26,7 @@ CAPTION_SALT = 17  # caption draws use their own stream beside any other draw of
 
 class TeacherTask(Task):
     name = "teacher"
+    resume_must_match = ("task", "zero_stage", "model.name", "model.input_norm")
     report_first_step = True  # the card records the first step's loss (reproducibility check)
 
     @staticmethod

@@ -37,6 +37,7 @@ def pretrain_forward(engine, batch: Dict, noise: torch.Tensor, device: torch.dev
 
 class PretrainTask(Task):
     name = "pretrain"
+    resume_must_match = Task.resume_must_match + ("teacher.model", "teacher.input_norm")
 
     @staticmethod
     def recipes(user: Dict) -> List[Dict]:

@@ -10,13 +10,14 @@ Layout under ``<run_dir>/checkpoints``::
 A process killed mid-save leaves a directory without COMPLETE: resuming skips it, and the
 next successful save purges it. Only the newest ``keep`` complete checkpoints are kept.
 """
+import errno
 import logging
 import os
 import random
 import re
 import shutil
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -75,6 +76,23 @@ def find_resume(root: str, resume: Optional[str]) -> Optional[str]:
     return path
 
 
+def describe_write_error(exc: Exception, where: str) -> str:
+    """Why a write failed, in words: a full disk, a read-only file system, no permission."""
+    code = getattr(exc, "errno", None)
+    full = code in (errno.ENOSPC, errno.EDQUOT) or "unexpected pos" in str(exc) or "No space left" in str(exc)
+    try:
+        full = full or shutil.disk_usage(where).free < 1 << 20
+    except OSError:
+        pass
+    if full:
+        return f"the disk is full ({where})"
+    if code == errno.EROFS:
+        return f"{where} is on a read-only file system"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"no permission to write in {where}"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
 def read_marker(tag_path: str) -> Dict[str, Any]:
     """The COMPLETE marker of a checkpoint: step, world size, the run config and model it was
     written with (what export and init read the architecture from)."""
@@ -103,11 +121,23 @@ class Checkpointer:
         if self.rank == 0 and os.path.isdir(path):
             shutil.rmtree(path)  # a leftover of a killed save at this very step
         dist.barrier()
-        engine.save_checkpoint(self.root, tag=tag, save_latest=False)
-        state = dict(trainer_state, step=step, rng=rng_state(), world_size=self.world_size)
-        atomic_save(os.path.join(path, f"trainer_rank{self.rank}.pt"), lambda tmp: torch.save(state, tmp))
+        try:
+            engine.save_checkpoint(self.root, tag=tag, save_latest=False)
+            state = dict(trainer_state, step=step, rng=rng_state(), world_size=self.world_size)
+            atomic_save(os.path.join(path, f"trainer_rank{self.rank}.pt"), lambda tmp: torch.save(state, tmp))
+        except (OSError, RuntimeError) as exc:  # torch's zip writer reports a full disk as a RuntimeError
+            raise self._write_failure(path, exc) from None
         self.commit(path, step, meta)
         return path
+
+    def _write_failure(self, path: str, exc: Exception) -> UserError:
+        """One line for a checkpoint that could not be written; its partial files are removed
+        (they are never taken for complete) and the newest complete checkpoint stays."""
+        kept = complete_tags(self.root)
+        if self.rank == 0:
+            shutil.rmtree(path, ignore_errors=True)
+        return UserError(f"cannot write checkpoint {path}: {describe_write_error(exc, self.root)}; the last complete "
+                         f"checkpoint is kept: {os.path.join(self.root, kept[-1]) if kept else 'none yet'}")
 
     def commit(self, path: str, step: int, meta: Dict[str, Any]) -> None:
         """Collective. Once every rank's files are on disk: the marker, then ``latest``, then the purge."""
@@ -143,3 +173,33 @@ class Checkpointer:
         set_rng_state(state["rng"])
         logger.info("resumed from %s at step %d", tag_path, state["step"])
         return state
+
+
+def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out = {}
+    for key, value in (tree or {}).items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_conflicts(marker: Dict[str, Any], now: Dict[str, Any], must_match: Sequence[str],
+                     may_differ: Sequence[str] = ()) -> List[str]:
+    """What stops a run from continuing a checkpoint: the keys under ``must_match`` (dotted
+    prefixes) whose value differs between the checkpoint's marker and ``now`` (each a record:
+    ``{"config": run config, "task": ..., "zero_stage": ...}``), except those under
+    ``may_differ``. Each as 'key: saved -> now'."""
+    def flat(record):
+        return _flatten(dict(record.get("config") or {}, task=record.get("task"),
+                             zero_stage=record.get("zero_stage")))
+    saved, current = flat(marker), flat(now)
+    def covered(key, prefixes):
+        return any(key == p or key.startswith(p + ".") for p in prefixes)
+    def show(values, key):
+        return repr(values[key]) if key in values else "unset"
+    keys = sorted(k for k in set(saved) | set(current) if covered(k, must_match) and not covered(k, may_differ))
+    return [f"{k}: {show(saved, k)} -> {show(current, k)}" for k in keys
+            if (k in saved) != (k in current) or saved.get(k) != current.get(k)
+            if not (k in ("task", "zero_stage") and saved.get(k) is None)]  # markers of older runs lack them

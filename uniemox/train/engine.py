@@ -5,6 +5,7 @@ the run config: the JSON says "auto" (or repeats the same value); a JSON value t
 contradicts the run config is refused. The optimizer is the trainer's own AdamW with
 MAE's parameter groups, so the JSON must not name one.
 """
+import difflib
 import logging
 import os
 import socket
@@ -70,9 +71,39 @@ def _settle(ds: Dict[str, Any], path: Tuple[str, ...], value: Any, source: str) 
     node[path[-1]] = value
 
 
+# Top-level keys of DeepSpeed's JSON that matter here: a key one typo away from one of these
+# (``zero_optimisation``) would be ignored by DeepSpeed without a word, so it is refused.
+_KNOWN_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size",
+               "gradient_clipping", "bf16", "fp16", "zero_optimization", "optimizer", "scheduler",
+               "activation_checkpointing", "steps_per_print", "wall_clock_breakdown", "zero_allow_untested_optimizer",
+               "zero_force_ds_cpu_optimizer", "tensorboard", "wandb", "csv_monitor", "comet", "flops_profiler",
+               "communication_data_type", "prescale_gradients", "gradient_predivide_factor", "checkpoint",
+               "data_types", "comms_logger", "memory_breakdown", "dump_state", "torch_autocast")
+_SECTIONS = ("bf16", "fp16", "zero_optimization")
+
+
+def _check_structure(ds: Any, path: str) -> None:
+    """The shape DeepSpeed needs, checked before it sees the file: each mistake is one line."""
+    if not isinstance(ds, dict):
+        raise UserError(f"DeepSpeed config {path} must hold a JSON object, got a {type(ds).__name__}")
+    for key in ds:
+        near = difflib.get_close_matches(key, _KNOWN_KEYS, n=1, cutoff=0.8)
+        if key not in _KNOWN_KEYS and near:
+            raise UserError(f"DeepSpeed config {path}: unknown key {key!r} (did you mean {near[0]!r}?); "
+                            f"DeepSpeed would ignore it")
+    for section in _SECTIONS:
+        if section in ds and not isinstance(ds[section], dict):
+            raise UserError(f"DeepSpeed config {path}: {section!r} must be an object such as "
+                            f"{{\"enabled\": \"auto\"}}, got {ds[section]!r}")
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise UserError(f"DeepSpeed config {path}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
+
+
 def build_ds_config(path: str, *, micro_batch: int, grad_accum: int, world_size: int,
                     grad_clip: float, precision: str) -> Dict[str, Any]:
     ds = read_json(path, "DeepSpeed config")
+    _check_structure(ds, path)
     for owned in ("optimizer", "scheduler"):
         if owned in ds:
             raise UserError(f"DeepSpeed config {path} names a {owned!r}; the trainer builds AdamW and its "

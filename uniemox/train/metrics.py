@@ -11,6 +11,8 @@ from typing import Dict, Optional
 
 import torch
 
+from uniemox.io import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 # Dense bf16 peak FLOP/s per device (no sparsity). MFU is left out where the device is unknown.
@@ -73,14 +75,20 @@ class StepTimer:
 
 class MetricsWriter:
     """TensorBoard plus ``metrics.jsonl`` (one JSON object per report, easy to grep or plot)
-    on rank 0; on other ranks (run_dir None) it writes nothing."""
+    on rank 0; on other ranks (run_dir None) it writes nothing.
 
-    def __init__(self, run_dir: Optional[str]):
+    ``start_step``: the step the run starts from (a resume's checkpoint step; 0 for a fresh run).
+    What an earlier attempt logged beyond it is dropped (TensorBoard's ``purge_step``, the JSONL
+    rewritten atomically), so every step is logged once however often the run was resumed."""
+
+    def __init__(self, run_dir: Optional[str], start_step: int = 0):
         self.tb = self.jsonl = None
         if run_dir:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(os.path.join(run_dir, "tb"))
-            self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
+            path = os.path.join(run_dir, "metrics.jsonl")
+            _truncate_jsonl(path, start_step)
+            self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_step + 1)
+            self.jsonl = open(path, "a", encoding="utf-8")
 
     def scalars(self, values: Dict[str, float], step: int, extra: Optional[Dict] = None) -> None:
         """``values`` go to TensorBoard and the JSONL; ``extra`` (non-scalars) to the JSONL only."""
@@ -99,3 +107,19 @@ class MetricsWriter:
             self.tb.flush()
             self.tb.close()
             self.jsonl.close()
+            self.tb = None
+
+
+def _truncate_jsonl(path: str, last_step: int) -> None:
+    """Keep the rows of ``path`` up to ``last_step`` (and lines that do not parse are dropped)."""
+    if not os.path.isfile(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                if json.loads(line)["step"] <= last_step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by a kill mid-write
+    atomic_write_text(path, "".join(kept))

@@ -11,12 +11,15 @@ the opt-in fault hooks of hooks.py.
 """
 import logging
 import os
+from typing import Dict
+
 import torch
 
 from uniemox.config import save_config, to_dict
+from uniemox.errors import UserError
 
 from . import hooks
-from .checkpoint import Checkpointer, find_resume
+from .checkpoint import Checkpointer, complete_tags, find_resume, read_marker, resume_conflicts
 from .engine import build_ds_config, build_engine, zero_stage
 from .guard import NonFiniteGuard, NonFiniteHalt
 from .metrics import MetricsWriter, device_peak_flops
@@ -90,21 +93,35 @@ class Trainer:
         self.writer.close()
 
     # -- its parts, in the order they act ------------------------------------------------------------
+    def record(self) -> Dict:
+        """What a checkpoint's marker says of the run: its config, task and ZeRO stage."""
+        return {"config": to_dict(self.cfg), "task": type(self.task).__name__, "zero_stage": zero_stage(self.ds)}
+
     def resume(self) -> None:
-        """Continue from ``checkpoint.resume`` (auto: the newest complete checkpoint, if any);
-        the run's config.yaml is written once the run has started or resumed."""
-        path = find_resume(self.checkpointer.root, self.cfg.checkpoint.resume)
+        """Continue from ``checkpoint.resume`` (auto: the newest complete checkpoint, if any), once
+        the checkpoint is known to fit this run; a fresh run never starts over a run dir's
+        checkpoints. The run's config.yaml (its record) is written only then."""
+        root, task = self.checkpointer.root, self.task
+        path = find_resume(root, self.cfg.checkpoint.resume)
         if path:
+            conflicts = resume_conflicts(read_marker(path), self.record(), task.resume_must_match,
+                                         task.resume_may_differ)
+            if conflicts:
+                raise UserError(f"cannot resume from {path}: it was written with another configuration "
+                                f"({'; '.join(conflicts)}); resume with its settings, or start a new --run-dir")
             state = self.checkpointer.load(self.engine, path)
             self.step, self.guard.total = state["step"], state.get("skipped_steps", 0)
             self.loader.load_state_dict(state["data"])
-            self.task.load_state_dict(state)
+            task.load_state_dict(state)
+        elif complete_tags(root):
+            raise UserError(f"{self.run.run_dir} already holds a run (checkpoint {complete_tags(root)[-1]}): "
+                            f"--resume auto continues it, or give another --run-dir")
         if self.run.rank == 0:
             save_config(self.cfg, os.path.join(self.run.run_dir, "config.yaml"))
 
     def start_report(self) -> None:
         run, plan, task = self.run, self.plan, self.task
-        self.writer = MetricsWriter(run.run_dir if run.rank == 0 else None)
+        self.writer = MetricsWriter(run.run_dir if run.rank == 0 else None, start_step=self.step)
         task.writer = self.writer
         progress = task.name if run.rank == 0 and self.cfg.log.progress else None
         self.reporter = Reporter(self.writer, self.cfg.log.every, plan.total_steps, task.report_first_step,
@@ -158,5 +175,5 @@ class Trainer:
 
     def save(self) -> str:
         state = dict(self.task.state_dict(), data=self.loader.state_dict(), skipped_steps=self.guard.total)
-        meta = dict(self.task.checkpoint_meta(self.step), config=to_dict(self.cfg))
+        meta = dict(self.task.checkpoint_meta(self.step), **self.record())
         return self.checkpointer.save(self.engine, self.step, state, meta)
