@@ -26,6 +26,7 @@ from .. import __version__
 from ..errors import UserError
 from .detector import build_detector
 from .images import to_rgb
+from .sample_meta import check_meta
 from .manifest import FORMAT, MANIFEST, VERSION, describe_shards, write_manifest
 from .sources import Record, SourceSet
 from .splits import SPLITS
@@ -160,6 +161,9 @@ def write_shards(source: SourceSet, out_dir: str, shard_size: int = 1000, max_si
                 errors.append(res["error"])
                 continue
             meta = dict(res["meta"], dataset=source.dataset)
+            problem = check_meta(meta, len(source.classes))
+            if problem is not None:  # a sample the readers would skip is never written
+                raise UserError(f"{rec.path}: {problem}")
             if rec.split not in writers:
                 writers[rec.split] = wds.ShardWriter(os.path.join(out_dir, f"{rec.split}-%06d.tar"),
                                                      maxcount=shard_size, maxsize=1e12, verbose=0, mtime=0.0)
