@@ -296,11 +296,23 @@ def test_overrides_may_follow_flags_in_every_entry_point(tmp_path):
         assert args.overrides == ["data.batch_size=4", "log.every=3"]
 
 
-def test_a_nan_gradient_halt_names_the_gradient(tmp_path):
-    proc = pretrain(tmp_path, "optim.max_steps=6", "train.max_nonfinite=2", stage=0,
-                    env={"UNIEMOX_FAULT": "nan_grad@step:3,nan_grad@step:4"})
-    assert proc.returncode == 3
-    assert "2 consecutive steps with a non-finite gradient (last at step 4)" in proc.stderr
+@pytest.mark.parametrize("stage", ["0", "2"])  # our device-side skip (fused AdamW), DeepSpeed's overflow check
+def test_non_finite_steps_are_skipped_counted_and_halt_naming_the_cause(tmp_path, stage):
+    keep = ["train.single_rank_stage0=false"]  # ZeRO-2 stays ZeRO-2 on one rank
+    proc = pretrain(tmp_path / "skips", "optim.max_steps=6", *keep, stage=stage,
+                    env={"UNIEMOX_FAULT": "nan_loss@step:2,nan_grad@step:4"})
+    ok(proc)
+    rows = [json.loads(line) for line in open(tmp_path / "skips" / "metrics.jsonl")]
+    assert [r["health/skipped_steps"] for r in rows] == [0, 1, 1, 2, 2, 2]
+    assert "loss/loss" not in rows[1]  # step 2's only loss was non-finite: no mean of nothing
+    assert all(np.isfinite(r["loss/loss"]) for r in rows if r["step"] != 2)
+    halted = pretrain(tmp_path / "halt", "optim.max_steps=6", "train.max_nonfinite=2", *keep, stage=stage,
+                      env={"UNIEMOX_FAULT": "nan_grad@step:3,nan_grad@step:4"})
+    assert halted.returncode == 3
+    assert "2 consecutive steps with a non-finite gradient (last at step 4)" in halted.stderr
+    halted = pretrain(tmp_path / "halt_loss", "optim.max_steps=6", "train.max_nonfinite=2", *keep, stage=stage,
+                      env={"UNIEMOX_FAULT": "nan_loss@step:3,nan_loss@step:4"})
+    assert "2 consecutive steps with a non-finite loss (last at step 4)" in halted.stderr
 
 
 def _mount_tmpfs(path, options):

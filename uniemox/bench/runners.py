@@ -1,16 +1,19 @@
 """The two training steps the step benchmark times side by side, behind one interface.
 
-* ``ours``: the trainer's step (launch/pretrain.py): the DeepSpeed engine (ZeRO stage from
-  configs/zero{N}.json, bf16 module weights with fp32 master weights on CUDA), the chosen
-  attention backend and kernels (``auto``: xformers and Triton on CUDA), the frozen
-  ``CLIPTeacher`` (bf16 on CUDA, inference mode, LRU cache of prompt embeddings), the
-  trainer's non-finite guard, fused AdamW.
+* ``ours``: the trainer's step (the pretraining task's forward under the trainer's guarded
+  micro-step): the DeepSpeed engine (ZeRO stage from configs/zero{N}.json; on one rank ZeRO-1/2
+  run as ZeRO-0 unless --keep-stage, as the trainer does; bf16 module weights with fp32 master
+  weights on CUDA), the chosen attention backend and kernels (``auto``: xformers and Triton on
+  CUDA), the frozen ``CLIPTeacher`` (bf16 on CUDA, inference mode, LRU cache of prompt
+  embeddings), the non-finite guard without reads to the host, torch's fused AdamW.
 * ``reference``: the same model computed the plain way, as the authors' release (an MAE
   fork) does: fp32 weights, the forward under ``torch.autocast`` (bf16 where the run's
-  precision is bf16), unfused PyTorch masking and losses (``kernel_impl="torch"``), math
-  attention, the CLIP teacher in fp32 under the same autocast, outside inference mode and
-  with every prompt tokenised and encoded on every step (``ReleaseTeacher``), ``loss.item()``
-  checked for finiteness (MAE's check), plain ``torch.optim.AdamW`` (foreach), no DeepSpeed.
+  precision is bf16), unfused PyTorch masking and losses (``kernel_impl="torch"``), the same
+  attention backend as ours unless --reference-attn (the release used math attention), the
+  CLIP teacher in fp32 under the same autocast, outside inference mode and with every prompt
+  tokenised and encoded on every step (``ReleaseTeacher``), ``loss.item()`` checked for
+  finiteness (MAE's check), plain ``torch.optim.AdamW`` (torch's default implementation for
+  the device), no DeepSpeed.
 
 Both build the model from the same seed, get the same batches (uint8 views, normalised on the
 device: the reference gets this saving too) and masking noise, use the same parameter groups,
@@ -57,6 +60,8 @@ class RunnerSpec:
     seed: int = 0
     arch: Optional[Dict] = None  # architecture overrides (img_size, depth, ...)
     deepspeed_config: Optional[str] = None
+    reference_attn: str = "math"     # the reference's attention backend
+    single_rank_stage0: bool = True  # ours: one rank runs ZeRO-1/2 as ZeRO-0, as the trainer does
 
 
 class StepRunner:
@@ -102,27 +107,26 @@ def build_ours(spec: RunnerSpec, device: torch.device) -> StepRunner:
     teacher = _teacher(CLIPTeacher, spec, device, precision="auto")
     model = _pretrainer(spec, teacher, spec.attn, spec.kernels, device)
     ds = build_ds_config(deepspeed_config_path(spec), micro_batch=spec.batch, grad_accum=1, world_size=1,
-                         grad_clip=spec.grad_clip, precision=spec.precision)
+                         grad_clip=spec.grad_clip, precision=spec.precision,
+                         single_rank_stage0=spec.single_rank_stage0)
     optimizer = build_optimizer(decay_groups(model, spec.weight_decay), spec.lr, (0.9, 0.95), ds, device)
     engine, _ = build_engine(model, optimizer, ds)
     dtype = torch.bfloat16 if spec.precision == "bf16" else torch.float32
+    one, zero = torch.ones((), device=device), torch.zeros((), device=device)
 
     def step(batch: Batch) -> torch.Tensor:
         # the trainer's guarded micro-step of the pretraining task, without the report and checkpoints
         def forward():
             out, _ = pretrain_forward(engine, batch, batch["noise"], device, dtype)
             return out["loss"], {"loss": out["loss"]}
-        result = guarded_micro_step(engine, forward)
-        if result.skipped:
-            raise RuntimeError(f"non-finite {result.skipped} in the benchmark")
-        return result.scalars["loss"]
+        return guarded_micro_step(engine, forward, one, zero).scalars["loss"]
 
     return StepRunner("ours", step, model, teacher, engine)
 
 
 def build_reference(spec: RunnerSpec, device: torch.device) -> StepRunner:
     teacher = _teacher(ReleaseTeacher, spec, device, precision="fp32", text_cache_size=0)
-    model = _pretrainer(spec, teacher, "math", "torch", device)
+    model = _pretrainer(spec, teacher, spec.reference_attn, "torch", device)
     optimizer = torch.optim.AdamW(decay_groups(model, spec.weight_decay), lr=spec.lr, betas=(0.9, 0.95))
     autocast = spec.precision == "bf16"
 

@@ -2,8 +2,9 @@
 
 For every configuration of the grid (models x batches x mask ratios x attention backends x
 kernels x ZeRO stages; comma-separated lists), ``ours`` (the trainer's DeepSpeed step) and
-``reference`` (the same model computed the plain way, see ``runners``) are built from the
-same seed and timed one after the other in the same process on the same batches. Each row
+``reference`` (the same model computed the plain way, see ``runners``) are built from the same
+seed, in the same precision and with the same attention backend (unless --reference-attn), and
+timed in interleaved slots (A B B A, measure.py) in the same process. Each row
 reports samples/s, ms/step, analytic training FLOPs per sample
 (3 x forward of the trained parts + 1 x forward of the frozen teacher towers,
 ``uniemox.models.flops``), achieved TFLOP/s, MFU against the device's dense bf16 peak (CUDA
@@ -16,7 +17,7 @@ import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 import torch
 
@@ -28,7 +29,6 @@ from .sweep import BASE, StepCase, add_arguments, apply_preset, arch_overrides, 
 
 if TYPE_CHECKING:
     from .measure import Measurement
-    from .runners import RunnerSpec
 # .measure and .runners are imported where they are used: they pull in open_clip, torchvision
 # and, through torch._dynamo, triton, and `benchmark.py kernels --interpret` must set
 # TRITON_INTERPRET before triton is first imported (triton.language reads it at import).
@@ -37,15 +37,17 @@ __all__ = ["add_arguments", "run", "measure_case", "COLUMNS", "TARGETS"]
 
 TARGETS = {"model": BASE, "precision": "bf16", "mfu": 0.40, "speedup": 1.5}
 REFERENCE = ("fp32 weights, forward under torch.autocast (bf16 when precision is bf16), unfused PyTorch "
-             "masking and losses (kernel_impl=torch), math attention, CLIP teacher in fp32 under the same "
-             "autocast without inference mode and without prompt cache (prompts tokenised and encoded every "
-             "step), loss.item() finiteness check, plain torch.optim.AdamW (foreach), no DeepSpeed")
-OURS = ("launch/pretrain.py's step: DeepSpeed engine (ZeRO stage, bf16 weights + fp32 master weights when "
-        "precision is bf16), chosen attention backend and kernels, CLIPTeacher (bf16 on CUDA, inference "
-        "mode, prompt-embedding cache), non-finite guard, fused AdamW on CUDA")
+             "masking and losses (kernel_impl=torch), ours' attention backend unless --reference-attn, CLIP "
+             "teacher in fp32 under the same autocast without inference mode and without prompt cache (prompts "
+             "tokenised and encoded every step), loss.item() finiteness check, plain torch.optim.AdamW (torch's "
+             "default for the device), no DeepSpeed")
+OURS = ("the trainer's step: DeepSpeed engine (ZeRO stage; ZeRO-1/2 as ZeRO-0 on one rank unless --keep-stage; "
+        "bf16 weights + fp32 master weights when precision is bf16), chosen attention backend and kernels, "
+        "CLIPTeacher (bf16 on CUDA, inference mode, prompt-embedding cache), non-finite guard without host "
+        "reads, torch's fused AdamW")
 COLUMNS = ("model", "img_size", "batch", "mask_ratio", "precision", "variant", "attn", "kernels", "zero",
-           "teacher", "data", "workers", "prompt_pool", "warmup", "steps", "samples_per_s", "ms_per_step",
-           "ms_per_step_mean", "flops_per_sample", "tflops_per_s", "mfu", "peak_memory_gib",
+           "teacher", "data", "workers", "prompt_pool", "warmup", "steps", "slots", "samples_per_s", "ms_per_step",
+           "ms_per_step_min", "ms_per_step_max", "flops_per_sample", "tflops_per_s", "mfu", "peak_memory_gib",
            "resident_memory_gib", "peak_memory_per_sample_mib", "activation_memory_per_sample_mib",
            "memory_before_build_gib", "data_share", "text_cache_hit_rate", "loss_first", "loss_last",
            "reference_samples_per_s", "speedup_vs_reference", "meets_targets")
@@ -72,9 +74,9 @@ def _row(case: StepCase, variant: str, m: "Measurement", flops_per_sample: float
         model=case.model, img_size=settings["img_size"], batch=case.batch, mask_ratio=case.mask_ratio,
         precision=settings["precision"], variant=variant, attn=resolved["attn"], kernels=resolved["kernels"],
         zero=resolved["zero"], teacher=settings["teacher"], data=settings["data"], workers=settings["workers"],
-        prompt_pool=settings["prompt_pool"], warmup=settings["warmup"], steps=m.steps,
-        samples_per_s=m.samples_per_s, ms_per_step=m.median_ms, ms_per_step_mean=1e3 * m.total_s / m.steps,
-        flops_per_sample=flops_per_sample, tflops_per_s=achieved / 1e12,
+        prompt_pool=settings["prompt_pool"], warmup=settings["warmup"], steps=m.steps, slots=len(m.slot_s),
+        samples_per_s=m.samples_per_s, ms_per_step=m.median_ms, ms_per_step_min=min(m.ms_per_step),
+        ms_per_step_max=max(m.ms_per_step), flops_per_sample=flops_per_sample, tflops_per_s=achieved / 1e12,
         mfu=achieved / peak if peak else None,
         peak_memory_gib=None if peak_mem is None else peak_mem / gib,
         resident_memory_gib=None if resident is None else resident / gib,
@@ -84,68 +86,64 @@ def _row(case: StepCase, variant: str, m: "Measurement", flops_per_sample: float
         loss_first=m.first_loss, loss_last=m.last_loss)
 
 
-def _time_variant(variant: str, spec: "RunnerSpec", case: StepCase, args: argparse.Namespace, arch,
-                  device: torch.device) -> Tuple["Measurement", float]:
-    """Build one variant, time it (and profile it with --profile), free it -> (measurement, FLOPs/sample)."""
-    from uniemox.models.flops import pretrainer_step_flops
-
-    from .measure import profile_steps, run_steps
-    from .runners import build_runner
-
-    patches = (arch.img_size // arch.patch_size) ** 2
-    runner = build_runner(variant, spec, device)
-    try:
-        flops = pretrainer_step_flops(runner.model, arch, args.teacher).per_sample
-        batches = make_batches(args.data, case.batch, arch.img_size, device, prompt_pool=args.prompt_pool,
-                               shards=args.shard_urls, workers=args.workers, seed=args.seed)
-        try:
-            m = run_steps(runner, batches, warmup=args.warmup, steps=args.steps, batch=case.batch,
-                          patches=patches, device=device, seed=args.seed)
-            if args.profile:
-                name = "-".join(str(v) for v in asdict(case).values()) + f"-{variant}"
-                profile_steps(runner, batches, steps=3, batch=case.batch, patches=patches, device=device,
-                              out_dir=Path(args.profile), name=name)
-        finally:
-            if hasattr(batches, "close"):
-                batches.close()  # ends a shard loader and its worker processes
-    finally:
-        runner.close()
-    return m, flops
-
-
 def measure_case(case: StepCase, args: argparse.Namespace, device: torch.device, precision: str,
                  peak: Optional[float]) -> List[Dict]:
-    """``ours`` then ``reference`` for one configuration, each built, timed and freed -> two rows."""
+    """Both variants of one configuration built from the same seed, warmed up, timed in
+    interleaved slots (measure.py), profiled with --profile, freed -> two rows."""
     from uniemox.kernels.dispatch import resolve_impl
     from uniemox.models import get_arch
     from uniemox.models.attention import resolve_backend
+    from uniemox.models.flops import pretrainer_step_flops
 
-    from .runners import VARIANTS, RunnerSpec
+    from .measure import TimedRunner, interleave, profile_steps
+    from .runners import VARIANTS, RunnerSpec, build_runner
 
     overrides = arch_overrides(args.arch)
     arch = get_arch(case.model, **overrides)
+    attn = resolve_backend(case.attn, device)
+    reference_attn = args.reference_attn or attn  # the same backend unless told otherwise
     spec = RunnerSpec(case.model, case.batch, case.mask_ratio, precision, case.attn, case.kernels, case.zero,
                       args.teacher, lr=args.lr, grad_clip=args.grad_clip, seed=args.seed, arch=overrides,
-                      deepspeed_config=args.deepspeed)
+                      deepspeed_config=args.deepspeed, reference_attn=reference_attn,
+                      single_rank_stage0=not args.keep_stage)
     settings = dict(img_size=arch.img_size, precision=precision, teacher=args.teacher, data=args.data,
                     workers=args.workers if args.data == "shards" else None,
                     prompt_pool=args.prompt_pool if args.data == "synthetic" else None, warmup=args.warmup)
-    zero = case.zero if not args.deepspeed else f"json:{os.path.basename(args.deepspeed)}"
-    resolved = {"ours": {"attn": resolve_backend(case.attn, device), "kernels": resolve_impl(case.kernels, device),
-                         "zero": zero},
-                "reference": {"attn": "math", "kernels": "torch", "zero": "none"}}
-    rows = []
-    for variant in VARIANTS:
-        # what the previous variant left allocated (should be ~0) would inflate this one's peak
-        before = torch.cuda.memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
-        m, flops = _time_variant(variant, spec, case, args, arch, device)
+    zero = str(case.zero) if not args.deepspeed else f"json:{os.path.basename(args.deepspeed)}"
+    if not args.deepspeed and case.zero in (1, 2) and not args.keep_stage:
+        zero += "->0"  # one rank: run as ZeRO-0, as the trainer does (train.single_rank_stage0)
+    resolved = {"ours": {"attn": attn, "kernels": resolve_impl(case.kernels, device), "zero": zero},
+                "reference": {"attn": reference_attn, "kernels": "torch", "zero": "none"}}
+    patches = (arch.img_size // arch.patch_size) ** 2
+    batches = make_batches(args.data, case.batch, arch.img_size, device, prompt_pool=args.prompt_pool,
+                           shards=args.shard_urls, workers=args.workers, seed=args.seed)
+    timed, flops, before = {}, {}, {}
+    try:
+        for variant in VARIANTS:
+            before[variant] = torch.cuda.memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
+            runner = build_runner(variant, spec, device)
+            flops[variant] = pretrainer_step_flops(runner.model, arch, args.teacher).per_sample
+            timed[variant] = TimedRunner(runner, batches, batch=case.batch, patches=patches, device=device,
+                                         seed=args.seed)
+            timed[variant].warm_up(args.warmup, args.steps)
+        for variant in interleave(VARIANTS, args.rounds):
+            timed[variant].slot()
+        if args.profile:
+            for variant in VARIANTS:
+                name = "-".join(str(v) for v in asdict(case).values()) + f"-{variant}"
+                profile_steps(timed[variant], steps=3, out_dir=Path(args.profile), name=name)
+        rows = [dict(_row(case, v, timed[v].finish(), flops[v], peak, settings, resolved[v]),
+                     memory_before_build_gib=before[v]) for v in VARIANTS]
+    finally:
+        for t in timed.values():
+            t.runner.close()
+        if hasattr(batches, "close"):
+            batches.close()  # ends a shard loader and its worker processes
         _free(device)
-        rows.append(dict(_row(case, variant, m, flops, peak, settings, resolved[variant]),
-                         memory_before_build_gib=before))
-    ref = rows[-1]["samples_per_s"]
+    ref = rows[-1]
     for row in rows:
-        row["reference_samples_per_s"] = ref
-        row["speedup_vs_reference"] = row["samples_per_s"] / ref
+        row["reference_samples_per_s"] = ref["samples_per_s"]
+        row["speedup_vs_reference"] = ref["ms_per_step"] / row["ms_per_step"]  # ratio of the median slots
         row["meets_targets"] = _meets_targets(row, device)
     return rows
 

@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                      "uniemox_vit_large_patch16")
     lists.add_argument("--batch", default="128", help="micro batch per step")
     lists.add_argument("--mask-ratio", default="0.75")
-    lists.add_argument("--attn", default="auto", help="ours: auto|xformers|sdpa|math (reference: math)")
+    lists.add_argument("--attn", default="auto", help="auto|xformers|sdpa|math (the reference takes the same "
+                                                      "unless --reference-attn)")
     lists.add_argument("--kernels", default="auto", help="ours: auto|triton|torch (reference: torch)")
     lists.add_argument("--zero", default="2", help="ours: ZeRO stage 0-3 (configs/zero{N}.json)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
@@ -61,7 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--data synthetic: distinct prompts to draw from (0: every prompt distinct, "
                              "the teacher's prompt cache never hits)")
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per variant")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per slot")
+    parser.add_argument("--rounds", type=int, default=2, help="timed slots per variant, interleaved: A B B A "
+                                                              "for 2")
+    parser.add_argument("--reference-attn", default=None, choices=("xformers", "sdpa", "math"),
+                        help="the reference's attention backend (default: ours'; the release's: math)")
+    parser.add_argument("--keep-stage", action="store_true",
+                        help="ours: keep ZeRO-1/2 on one rank (default: as the trainer, which runs them as ZeRO-0)")
     parser.add_argument("--lr", type=float, default=1.5e-4)
     parser.add_argument("--grad-clip", type=float, default=0.0, help="both variants (0: off, the trainer's default)")
     parser.add_argument("--deepspeed", default=None, help="ours: DeepSpeed JSON instead of configs/zero{N}.json")
@@ -116,7 +123,7 @@ def grid_from_args(args: argparse.Namespace, device: torch.device) -> List[StepC
     models, batches = _split(args.model, str, "--model"), _split(args.batch, int, "--batch")
     ratios, attns = _split(args.mask_ratio, float, "--mask-ratio"), _split(args.attn, str, "--attn")
     kernels, zeros = _split(args.kernels, str, "--kernels"), _split(args.zero, int, "--zero")
-    small = {"--batch": min(batches), "--steps": args.steps, "--warmup": args.warmup + 1,
+    small = {"--batch": min(batches), "--steps": args.steps, "--rounds": args.rounds, "--warmup": args.warmup + 1,
              "--workers": args.workers + 1, "--prompt-pool": args.prompt_pool + 1}
     bad = [flag for flag, v in small.items() if v < 1]
     if bad:
@@ -130,7 +137,7 @@ def grid_from_args(args: argparse.Namespace, device: torch.device) -> List[StepC
         for r in ratios:
             if not 0.0 < r < 1.0 or num_kept(patches, r) >= patches:
                 raise UserError(f"--mask-ratio {r} must mask at least one patch and keep at least one")
-    for a in attns:
+    for a in attns + ([args.reference_attn] if args.reference_attn else []):
         _probe_attention(a, device)
     for k in kernels:
         try:

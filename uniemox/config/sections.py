@@ -38,6 +38,9 @@ class TrainConfig:
     precision: str = choice("auto", "bf16", "fp16", "fp32")  # auto: bf16 on CUDA, fp32 on CPU
     max_nonfinite: int = bounded(5, lo=1)     # consecutive skipped steps before the run stops
     seed: int = 0
+    # one rank: ZeRO-1/2 run as ZeRO-0 (the same update, no partition copies; such a checkpoint
+    # resumes as ZeRO-0). false keeps the JSON's stage
+    single_rank_stage0: bool = True
 
 
 @dataclass

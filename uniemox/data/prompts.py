@@ -74,5 +74,5 @@ def shorten_captions(texts: Sequence[str], prob: float, generator) -> list:
     if prob <= 0:
         return texts
     marker = emotion_prompt("{}").split("{}")[0]
-    draws = torch.rand(len(texts), generator=generator).tolist()
+    draws = torch.rand(len(texts), generator=generator).numpy()  # a host draw: nothing to synchronise
     return [t[t.rfind(marker):] if d < prob and marker in t else t for t, d in zip(texts, draws)]

@@ -52,11 +52,19 @@ def to_tensor(img: Image.Image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.T
     return normalize(to_uint8_tensor(img), mean, std)
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor onto ``device`` without stalling it: pinned first where the copy goes to a
+    GPU (a copy from pageable memory would wait for the device's queued work)."""
+    if device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 def model_input(views: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """A batch of views as the model takes it: on `device` in `dtype`. uint8 views (every
     reader's) are copied first and normalised there; float views are taken as already
     normalised."""
-    views = views.to(device, non_blocking=True)
+    views = to_device(views, device)
     if views.dtype == torch.uint8:
         views = normalize(views)
     return views.to(dtype)

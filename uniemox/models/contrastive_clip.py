@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from uniemox.data.transforms import to_device
 from uniemox.losses.clip_contrastive import clip_contrastive_loss
 
 from .teacher import ImageInput
@@ -25,7 +26,7 @@ class ContrastiveCLIP(nn.Module):
     def encode(self, images: Optional[torch.Tensor] = None, texts: Optional[Sequence[str]] = None):
         """(normalised image features or None, normalised text features or None, exp(logit scale))."""
         device = self.clip.logit_scale.device
-        tokens = self.tokenizer(list(texts)).to(device) if texts is not None else None
+        tokens = to_device(self.tokenizer(list(texts)), device) if texts is not None else None
         return self.clip(image=self.image_input(images) if images is not None else None, text=tokens)[:3]
 
     def forward(self, images: torch.Tensor, texts: Optional[Sequence[str]] = None, encode_only: bool = False):
@@ -34,6 +35,8 @@ class ContrastiveCLIP(nn.Module):
         image, text, scale = self.encode(images, texts)
         loss = clip_contrastive_loss(image, text, scale)
         with torch.no_grad():  # image -> caption top-1 in the batch; a copy of its own caption counts
-            best = (image @ text.t()).argmax(1).tolist()
-            hits = sum(texts[j] == texts[i] for i, j in enumerate(best))
-        return {"loss": loss, "batch_accuracy": torch.tensor(hits / len(best)), "logit_scale": scale.detach()}
+            ids = {t: i for i, t in enumerate(texts)}  # one id per distinct caption
+            caption = to_device(torch.tensor([ids[t] for t in texts]), image.device)
+            best = (image @ text.t()).argmax(1)
+            accuracy = (caption[best] == caption).float().mean()  # stays on the device
+        return {"loss": loss, "batch_accuracy": accuracy, "logit_scale": scale.detach()}

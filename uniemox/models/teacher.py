@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uniemox.data.prompts import emotion_prompt
-from uniemox.data.transforms import IMAGENET_MEAN, IMAGENET_STD, model_input
+from uniemox.data.transforms import IMAGENET_MEAN, IMAGENET_STD, model_input, to_device
 from uniemox.errors import UserError
 from uniemox.models.teacher_weights import PathLike, build_clip
 
@@ -175,7 +175,7 @@ class CLIPTeacher(nn.Module):
 
     def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         with self._frozen():
-            out = self.clip.encode_text(tokens.to(self.device))
+            out = self.clip.encode_text(to_device(tokens, self.device))
         return _autograd_safe(out)
 
     def encode_text(self, texts: Union[Sequence[str], torch.Tensor]) -> torch.Tensor:

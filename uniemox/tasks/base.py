@@ -40,9 +40,9 @@ class MicroContext:
         """An integer seed from (seed, step, micro, rank, salt)."""
         return ((self.seed * 1_000_003 + self.step) * 64 + self.micro) * 4096 + self.rank + salt
 
-    def generator(self, salt: int = 0) -> torch.Generator:
-        """A CPU generator seeded with ``seed_for(salt)``."""
-        return torch.Generator().manual_seed(self.seed_for(salt))
+    def generator(self, salt: int = 0, device: torch.device = torch.device("cpu")) -> torch.Generator:
+        """A generator on ``device`` seeded with ``seed_for(salt)``."""
+        return torch.Generator(device=device).manual_seed(self.seed_for(salt))
 
 
 class Task:

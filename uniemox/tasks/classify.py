@@ -11,7 +11,7 @@ import torch
 
 from uniemox.config import recipe
 from uniemox.data import build_labeled_loader, ensure_sample_shards
-from uniemox.data.transforms import model_input
+from uniemox.data.transforms import model_input, to_device
 from uniemox.errors import UserError
 
 from .base import Task
@@ -128,7 +128,7 @@ class ClassifyTask(Task):
     def training_forward(self, engine, batch, ctx):
         device = self.run.device
         images = model_input(batch["image"], device, torch.float32)  # uint8 -> normalised, on the device
-        target = (batch["targets"] if self.multi else batch["label"]).to(device, non_blocking=True)
+        target = to_device(batch["targets"] if self.multi else batch["label"], device)
         if self.erase is not None:
             images = self.erase(images, ctx.seed_for(ERASE_SALT))
         if self.mixup is not None:

@@ -23,8 +23,9 @@ LOSS_KEYS = ("loss", "reconstruction", "similarity", "contrastive")
 
 def masking_noise(ctx: MicroContext, batch: int, patches: int, device: torch.device) -> torch.Tensor:
     """[2, N, L] noise (scene, person) drawn from the micro-batch's context alone, so a resumed
-    run masks exactly as an uninterrupted one, whatever the global RNG went through."""
-    return torch.rand(2, batch, patches, generator=ctx.generator()).to(device, non_blocking=True)
+    run masks exactly as an uninterrupted one, whatever the global RNG went through. Drawn on the
+    device itself (no host-to-device copy in the step)."""
+    return torch.rand(2, batch, patches, generator=ctx.generator(device=device), device=device)
 
 
 def pretrain_forward(engine, batch: Dict, noise: torch.Tensor, device: torch.device, dtype: torch.dtype):

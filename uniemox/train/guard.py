@@ -1,31 +1,35 @@
-"""Keeping non-finite losses and gradients away from the optimizer.
+"""Keeping non-finite losses and gradients away from the optimizer, without stalling the device.
 
-* Loss: checked on every rank and agreed by all-reduce before backward; a non-finite loss
-  skips backward and step on all ranks.
-* Gradient: ZeRO stages 1-3, and any bf16/fp16 engine, check gradients for inf/NaN themselves
-  and skip the update (``engine.was_step_applied()``). The plain fp32 ZeRO-0 engine does not
-  (it applies NaN), so there the gradients are checked here before ``engine.step()``.
-After ``max_consecutive`` skips in a row the run stops with ``NonFiniteHalt``.
+Nothing is read back in a training step. A non-finite loss is backpropagated like any other:
+its gradients are non-finite, and the update is skipped where gradients are checked:
+
+* ZeRO-1/2/3 and bf16/fp16 engines check their gradients themselves (DeepSpeed's overflow check,
+  which reads its flag on the host) and report it (``engine.was_step_applied()``);
+* the plain fp32 ZeRO-0 engine does not (it would apply NaN): there the gradient norm is
+  computed on the device and handed to the fused AdamW as its ``found_inf`` flag, which skips the
+  update on the device (the optimizer's own mechanism for mixed-precision loss scaling). An
+  optimizer without that mechanism (LARS) is checked on the host instead.
+
+Skips are counted on the device (the current run of skipped steps, the longest since the last
+read, the total) and read once per report and before each checkpoint: when ``max_consecutive``
+steps in a row were skipped the run stops with ``NonFiniteHalt``, naming what was non-finite.
 """
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 
 
 class NonFiniteHalt(RuntimeError):
     pass
 
 
-def all_ranks_finite(value: torch.Tensor) -> bool:
-    flag = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item() > 0)
-
-
 def engine_checks_gradients(engine) -> bool:
     return engine.zero_optimization_stage() > 0 or engine.bfloat16_enabled() or engine.fp16_enabled()
+
+
+def skips_on_device(optimizer) -> bool:
+    """Whether ``optimizer.step()`` honours a ``found_inf`` flag (torch's fused Adam/AdamW)."""
+    return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and bool(optimizer.defaults.get("fused"))
 
 
 def local_grad_norm(model: torch.nn.Module) -> Optional[torch.Tensor]:
@@ -37,19 +41,37 @@ def local_grad_norm(model: torch.nn.Module) -> Optional[torch.Tensor]:
 
 
 class NonFiniteGuard:
-    def __init__(self, max_consecutive: int):
+    def __init__(self, max_consecutive: int, device: torch.device):
         self.max_consecutive = max_consecutive
-        self.consecutive = 0
-        self.total = 0
+        zeros = dict(device=device, dtype=torch.float32)
+        self.one, self.zero = torch.ones((), **zeros), torch.zeros((), **zeros)
+        self.consecutive = torch.zeros((), **zeros)
+        self.longest = torch.zeros((), **zeros)   # the longest run since the last check
+        self.count = torch.zeros((), **zeros)     # skips since the run (re)started
+        self.halt_step = torch.zeros((), **zeros)  # the step at which a run reached max_consecutive
+        self.halt_loss = torch.zeros((), **zeros)  # 1: that step's loss was non-finite, else its gradient
+        self.base = 0                             # skips before a resume
 
-    def record(self, skipped: Optional[str], step: int) -> None:
-        """``skipped``: None for an applied step, else what was non-finite ("loss", "gradient")."""
-        if not skipped:
-            self.consecutive = 0
-            return
-        self.consecutive += 1
-        self.total += 1
-        if self.consecutive >= self.max_consecutive:
-            raise NonFiniteHalt(f"{self.consecutive} consecutive steps with a non-finite {skipped} "
-                                f"(last at step {step + 1}); stopping. The last good checkpoint is kept; "
-                                f"lower the learning rate or check the data, then resume.")
+    def record(self, skipped: torch.Tensor, loss_bad: torch.Tensor, step: int) -> None:
+        """``skipped``, ``loss_bad``: 0-dim 0/1 tensors on the device; ``step``: 0-based index."""
+        self.consecutive = (self.consecutive + 1) * skipped
+        self.longest = torch.maximum(self.longest, self.consecutive)
+        self.count = self.count + skipped
+        reached = (self.consecutive >= self.max_consecutive) & (self.halt_step == 0)
+        self.halt_step = torch.where(reached, torch.full_like(self.halt_step, step + 1), self.halt_step)
+        self.halt_loss = torch.where(reached, loss_bad, self.halt_loss)
+
+    def check(self) -> None:
+        """Read the counters (a report or a checkpoint is due): stop when a run of skips got too long."""
+        longest, halt_step, halt_loss = (float(v) for v in torch.stack([self.longest, self.halt_step,
+                                                                          self.halt_loss]).tolist())
+        if longest >= self.max_consecutive:
+            raise NonFiniteHalt(f"{self.max_consecutive} consecutive steps with a non-finite "
+                                f"{'loss' if halt_loss else 'gradient'} (last at step {int(halt_step)}); stopping. The "
+                                f"last good checkpoint is kept; lower the learning rate or check the data, then resume.")
+        self.longest = self.consecutive.clone()
+
+    @property
+    def total(self) -> int:
+        """Skipped steps over the whole run (a read of the device counter)."""
+        return self.base + int(self.count.item())

@@ -40,7 +40,8 @@ def peak_memory_gib(device: torch.device) -> Optional[float]:
 
 
 class StepTimer:
-    """Accumulates data-wait and total time between reports."""
+    """Accumulates data-wait and total time between reports (the device is waited for only at
+    the report, so the total covers everything the steps queued)."""
 
     def __init__(self):
         self.reset()
@@ -50,19 +51,23 @@ class StepTimer:
         self.samples = self.steps = 0
         self._t = time.perf_counter()
 
-    def data_ready(self):
-        now = time.perf_counter()
-        self.data_s += now - self._t
-        self._t_data = now
+    def waited(self, seconds: float):
+        """Time spent waiting for a batch."""
+        self.data_s += seconds
 
-    def step_done(self, samples: int, device: torch.device):
+    def step_done(self, samples: int):
+        """A step was queued: its time is measured once the device has caught up (``synchronize``
+        at the report), so no step waits for the device."""
+        self.samples += samples
+        self.steps += 1
+
+    def synchronize(self, device: torch.device):
+        """Wait for the device, then close the interval: total time since the last report."""
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         now = time.perf_counter()
         self.total_s += now - self._t
         self._t = now
-        self.samples += samples
-        self.steps += 1
 
     def summary(self, flops_per_sample: Optional[float], peak_flops: Optional[float]) -> Dict[str, float]:
         out = {"perf/samples_per_s": self.samples / max(self.total_s, 1e-9),

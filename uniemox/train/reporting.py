@@ -3,7 +3,9 @@ throughput, learning rate, gradient norm, health counters and memory, written to
 metrics.jsonl (MetricsWriter) and shown on a progress bar, every ``every`` steps and at the end.
 
 Scalars accumulate on their device (float64, so the average equals a Python sum of the same
-float32 values) and are read only when a report is written: one read per interval, not per step.
+float32 values; micro-steps whose loss was non-finite are left out) and are read only when a
+report is written: one read per interval, not per step. The step timer synchronises the device
+then too, not per step.
 """
 import sys
 import zlib
@@ -29,19 +31,22 @@ class Reporter:
 
     def _clear(self) -> None:
         self.sums: Dict[str, torch.Tensor] = {}
-        self.count = 0
+        self.count: Optional[torch.Tensor] = None
         self.digests: List[int] = []
 
-    def batch(self, keys) -> None:
-        """Which samples a micro-batch held (a checksum of its keys, for resume checks)."""
-        self.timer.data_ready()
+    def batch(self, keys, waited_s: float) -> None:
+        """A micro-batch arrived after ``waited_s``: which samples it held (a checksum of its
+        keys, for resume checks)."""
+        self.timer.waited(waited_s)
         self.digests.append(zlib.crc32("\n".join(keys).encode()))
 
-    def add(self, scalars: Dict[str, torch.Tensor]) -> None:
+    def add(self, scalars: Dict[str, torch.Tensor], keep: torch.Tensor) -> None:
+        """``keep``: 0-dim bool on the device, False for a micro-step whose loss was non-finite."""
         for key, value in scalars.items():
-            value = value.reshape(()).double()
+            value = torch.where(keep, value.reshape(()).double(), 0.0)
             self.sums[key] = self.sums[key] + value if key in self.sums else value
-        self.count += 1
+        kept = keep.double()
+        self.count = kept if self.count is None else self.count + kept
 
     def due(self, step: int) -> bool:
         return step % self.every == 0 or step == self.total or (self.first_step and step == 1)
@@ -51,10 +56,13 @@ class Reporter:
         """After every optimizer step: the report's values when one was written, else None.
         ``extra()`` gives the values of the trainer (lr, health, perf inputs), ``postfix`` the
         bar's fields."""
-        self.timer.step_done(samples, device)
+        self.timer.step_done(samples)
         values = None
         if self.due(step):
-            values = {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
+            self.timer.synchronize(device)
+            count = float(self.count) if self.count is not None else 0.0
+            # no finite micro-step in the interval: no loss to report (rather than a mean of nothing)
+            values = {k: float(v) / count for k, v in self.sums.items()} if count else {}
             values.update(extra())
             memory = peak_memory_gib(device)
             if memory is not None:

@@ -1,36 +1,44 @@
-"""One guarded micro-step under a DeepSpeed engine: forward (the task's), the non-finite rules of
-guard.py, backward, step. The task's forward returns ``(loss, scalars)``: the loss to
-backpropagate and the named scalars to report (detached; averaged by the trainer)."""
+"""One micro-step under a DeepSpeed engine with the non-finite rules of guard.py, and no read back
+to the host: forward (the task's), backward, step. The task's forward returns ``(loss, scalars)``:
+the loss to backpropagate and the named scalars to report (detached; averaged by the trainer
+over the micro-steps whose loss was finite)."""
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from .guard import all_ranks_finite, engine_checks_gradients, local_grad_norm
+from .guard import engine_checks_gradients, local_grad_norm, skips_on_device
 
 Forward = Callable[[], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
 
 
 @dataclass
 class MicroResult:
-    scalars: Optional[Dict[str, torch.Tensor]]  # None when the loss was non-finite (no backward ran)
-    skipped: Optional[str]                       # None, or what was non-finite: "loss" | "gradient"
+    scalars: Dict[str, torch.Tensor]
+    loss_finite: torch.Tensor          # 0-dim bool on the device
+    skipped: Optional[torch.Tensor]    # at the accumulation boundary: 0/1 on the device, was the update skipped
 
 
-def guarded_micro_step(engine, forward: Forward) -> MicroResult:
-    """Forward, loss check (all ranks agree), backward, gradient check where the engine has
-    none (fp32 ZeRO-0), step. Nothing of a non-finite micro-step reaches the weights."""
+def guarded_micro_step(engine, forward: Forward, one: torch.Tensor, zero: torch.Tensor) -> MicroResult:
+    """``one`` / ``zero``: 0-dim float tensors on the device (a host flag becomes one of them
+    without a copy)."""
     loss, scalars = forward()
-    if not all_ranks_finite(loss):
-        return MicroResult(None, "loss")
-    scalars = {k: v.detach() for k, v in scalars.items()}
-    engine.backward(loss)
+    loss_finite = torch.isfinite(loss.detach()).all()
+    engine.backward(loss)  # a non-finite loss gives non-finite gradients: the update is skipped below
     boundary = engine.is_gradient_accumulation_boundary()
-    if boundary and not engine_checks_gradients(engine):
+    skipped = None
+    if boundary and not engine_checks_gradients(engine):  # fp32 ZeRO-0: the check is ours
         norm = local_grad_norm(engine.module)
-        if norm is not None and not torch.isfinite(norm):
+        bad = (~torch.isfinite(norm)).float() if norm is not None else zero
+        if skips_on_device(engine.optimizer):
+            engine.optimizer.found_inf = bad  # the fused AdamW leaves weights and state as they were
+            skipped = bad
+        elif bool(bad):  # another optimizer: one read per step, the only way it can skip
             engine.zero_grad()
-            return MicroResult(scalars, "gradient")
+            return MicroResult({k: v.detach() for k, v in scalars.items()}, loss_finite, one)
+        else:
+            skipped = zero
     engine.step()
-    applied = not (boundary and not engine.was_step_applied())
-    return MicroResult(scalars, None if applied else "gradient")
+    if boundary and skipped is None:
+        skipped = zero if engine.was_step_applied() else one  # DeepSpeed's own check, read on the host
+    return MicroResult({k: v.detach() for k, v in scalars.items()}, loss_finite, skipped)

@@ -11,6 +11,7 @@ the opt-in fault hooks of hooks.py.
 """
 import logging
 import os
+import time
 from typing import Dict
 
 import torch
@@ -40,7 +41,8 @@ class Trainer:
         model = task.build_model()
         self.plan = plan_steps(cfg.optim, cfg.data.batch_size, run.world, task.epoch_samples)
         self.ds = build_ds_config(deepspeed_config, micro_batch=cfg.data.batch_size, grad_accum=cfg.optim.grad_accum,
-                                  world_size=run.world, grad_clip=cfg.optim.grad_clip, precision=run.precision)
+                                  world_size=run.world, grad_clip=cfg.optim.grad_clip, precision=run.precision,
+                                  single_rank_stage0=cfg.train.single_rank_stage0)
         optimizer = task.build_optimizer(task.param_groups(model), self.plan.base_lr, self.ds)
         self.engine, self.optimizer = build_engine(model, optimizer, self.ds)
         task.before_training(self.engine)
@@ -49,14 +51,14 @@ class Trainer:
         ckpt_every = cfg.checkpoint.every or self.eval_every or self.plan.steps_per_epoch or 0
         self.checkpointer = Checkpointer(os.path.join(run.run_dir, "checkpoints"), cfg.checkpoint.keep, run.rank,
                                          run.world, every=ckpt_every)
-        self.guard = NonFiniteGuard(cfg.train.max_nonfinite)
+        self.guard = NonFiniteGuard(cfg.train.max_nonfinite, run.device)
         self.step = 0
         self.step_end_callbacks = []
         hooks.install(self)
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> None:
-        cfg, task, engine, plan = self.cfg, self.task, self.engine, self.plan
+        cfg, task, engine, plan, guard = self.cfg, self.task, self.engine, self.plan, self.guard
         self.resume()
         self.start_report()
         batches = self.batches()
@@ -64,16 +66,17 @@ class Trainer:
             while self.step < plan.total_steps:
                 lr = lr_at(self.step, plan.base_lr, plan.warmup_steps, plan.total_steps, cfg.optim.min_lr)
                 set_lr(self.optimizer, lr)
-                skipped = None
+                loss_bad = guard.zero
                 for micro in range(cfg.optim.grad_accum):
+                    asked = time.perf_counter()
                     batch = next(batches)
-                    self.reporter.batch(batch["key"])
+                    self.reporter.batch(batch["key"], time.perf_counter() - asked)
                     ctx = task.context(self.step, micro)
-                    result = guarded_micro_step(engine, lambda: task.training_forward(engine, batch, ctx))
-                    skipped = skipped or result.skipped
-                    if result.scalars is not None:
-                        self.reporter.add(result.scalars)
-                self.guard.record(skipped, self.step)
+                    result = guarded_micro_step(engine, lambda: task.training_forward(engine, batch, ctx),
+                                                guard.one, guard.zero)
+                    self.reporter.add(result.scalars, result.loss_finite)
+                    loss_bad = torch.maximum(loss_bad, (~result.loss_finite).float())
+                guard.record(result.skipped, loss_bad, self.step)  # nothing is read back: see guard.py
                 self.step += 1
                 self.report(lr)
                 task.after_step(self.step)
@@ -110,7 +113,7 @@ class Trainer:
                 raise UserError(f"cannot resume from {path}: it was written with another configuration "
                                 f"({'; '.join(conflicts)}); resume with its settings, or start a new --run-dir")
             state = self.checkpointer.load(self.engine, path)
-            self.step, self.guard.total = state["step"], state.get("skipped_steps", 0)
+            self.step, self.guard.base = state["step"], state.get("skipped_steps", 0)
             self.loader.load_state_dict(state["data"])
             task.load_state_dict(state)
         elif complete_tags(root):
@@ -159,6 +162,8 @@ class Trainer:
                          "skip": self.guard.total}, **self.task.progress_fields(values))
 
         samples = self.cfg.data.batch_size * self.cfg.optim.grad_accum * self.run.world
+        if self.reporter.due(self.step):
+            self.guard.check()  # the one read of the skip counters in a report interval
         values = self.reporter.step_done(self.step, samples, self.run.device, extra, postfix)
         if values is not None:
             self.task.on_report(self.step, values)
@@ -174,6 +179,7 @@ class Trainer:
         self.reporter.timer.reset()  # evaluation time is not training throughput
 
     def save(self) -> str:
+        self.guard.check()  # a checkpoint is never written past a halt
         state = dict(self.task.state_dict(), data=self.loader.state_dict(), skipped_steps=self.guard.total)
         meta = dict(self.task.checkpoint_meta(self.step), **self.record())
         return self.checkpointer.save(self.engine, self.step, state, meta)
