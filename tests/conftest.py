@@ -4,6 +4,8 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# DeepSpeed's JIT-built op is kept across test sessions (the per-session cache below would rebuild it)
+os.environ.setdefault("UNIEMOX_EXTENSIONS", os.path.join(os.path.expanduser("~"), ".cache", "uniemox", "torch_extensions"))
 
 import pytest
 

@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from braceexpand import braceexpand
 from PIL import Image
@@ -196,7 +197,9 @@ class ShardStream(IterableDataset):
         for name, first in items[0].items():
             values = [it[name] for it in items]
             if isinstance(first, torch.Tensor):
-                batch[name] = torch.stack(values)
+                # numpy's stack is one plain copy: torch.stack would run OpenMP threads, which spin
+                # against the trainer's compute when the reader runs in-process
+                batch[name] = torch.from_numpy(np.stack([v.numpy() for v in values]))
             elif isinstance(first, (bool, int)):
                 batch[name] = torch.tensor(values, dtype=torch.bool if isinstance(first, bool) else torch.int64)
             else:
