@@ -104,7 +104,7 @@ def test_synthetic_sweep_writes_json_csv_png_and_both_variants_compute_the_same_
     assert res["benchmark"] == "step" and res["smoke"] is True and "CPU" in res["note"]
     assert res["device"]["type"] == "cpu" and res["device"]["peak_flops"] is None
     assert res["versions"]["torch"] == torch.__version__ and res["versions"]["deepspeed"]
-    assert "math attention" in res["reference"] and "DeepSpeed" in res["ours"]
+    assert "ours' attention backend" in res["reference"] and "DeepSpeed" in res["ours"]
     assert [(r["mask_ratio"], r["variant"]) for r in res["rows"]] == [
         (0.75, "ours"), (0.75, "reference"), (0.9, "ours"), (0.9, "reference")]
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -112,14 +112,15 @@ def test_synthetic_sweep_writes_json_csv_png_and_both_variants_compute_the_same_
     arch = get_arch("uniemox_vit_tiny_patch16", img_size=64, depth=2, decoder_depth=1)
     for row, flat in zip(res["rows"], rows):
         assert all(math.isfinite(row[k]) and row[k] > 0 for k in FIELDS if k != "data_share")
-        assert 0 <= row["data_share"] < 1 and row["steps"] == 2 and row["batch"] == 4
+        assert 0 <= row["data_share"] < 1 and row["steps"] == 2 and row["slots"] == 2 and row["batch"] == 4
+        assert row["ms_per_step_min"] <= row["ms_per_step"] <= row["ms_per_step_max"]
         assert row["speedup_vs_reference"] == pytest.approx(row["samples_per_s"] / row["reference_samples_per_s"])
         assert row["tflops_per_s"] == pytest.approx(row["samples_per_s"] * row["flops_per_sample"] / 1e12)
         assert row["mfu"] is None and row["peak_memory_gib"] is None and row["meets_targets"] is None
         assert float(flat["samples_per_s"]) == pytest.approx(row["samples_per_s"]) and flat["mfu"] == ""
     ours, ref = res["rows"][0], res["rows"][1]
-    assert (ours["attn"], ours["kernels"], ours["zero"]) == ("sdpa", "torch", 0)
-    assert (ref["attn"], ref["kernels"], ref["zero"]) == ("math", "torch", "none")
+    assert (ours["attn"], ours["kernels"], ours["zero"]) == ("sdpa", "torch", "0")
+    assert (ref["attn"], ref["kernels"], ref["zero"]) == ("sdpa", "torch", "none")  # the same backend
     assert ref["speedup_vs_reference"] == 1.0
     # same seed, batches and masks, fp32: the reference computes the same loss as ours
     assert ours["loss_first"] == pytest.approx(ref["loss_first"], rel=1e-5)
@@ -216,3 +217,19 @@ def test_bad_input_is_one_line_and_exit_2(extra, message, capsys, tmp_path):
 def test_gpu_preset_without_a_gpu_refuses(capsys):
     assert main(["step", "--preset", "gpu"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_slots_interleave_a_b_b_a():
+    from uniemox.bench.measure import interleave
+    assert interleave(("ours", "reference"), 2) == ["ours", "reference", "reference", "ours"]
+    assert interleave(("ours", "reference"), 3) == ["ours", "reference", "reference", "ours", "ours", "reference"]
+
+
+def test_reference_backend_and_stage_as_told(tmp_path):
+    out = tmp_path / "told.json"
+    assert main(TINY + ["--zero", "2", "--reference-attn", "math", "--rounds", "1", "--steps", "1",
+                        "--out", str(out)]) == 0
+    ours, ref = json.loads(out.read_text())["rows"]
+    assert ours["zero"] == "2->0" and ref["attn"] == "math" and ours["slots"] == 1  # one rank: as the trainer
+    assert main(TINY + ["--zero", "2", "--keep-stage", "--rounds", "1", "--steps", "1", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][0]["zero"] == "2"

@@ -29,7 +29,9 @@ def run(script, args, env=None, timeout=600):
 
 
 def pretrain(run_dir, *args, stage=2, env=None):
-    return run(PRETRAIN, ["--deepspeed", f"zero{stage}", "--run-dir", str(run_dir)] + TINY + list(args), env=env)
+    """A tiny pretraining run in exactly ZeRO stage ``stage`` (on one rank too: the files of that stage)."""
+    return run(PRETRAIN, ["--deepspeed", f"zero{stage}", "--run-dir", str(run_dir), "train.single_rank_stage0=false"]
+               + TINY + list(args), env=env)
 
 
 def ok(proc):
@@ -298,19 +300,18 @@ def test_overrides_may_follow_flags_in_every_entry_point(tmp_path):
 
 @pytest.mark.parametrize("stage", ["0", "2"])  # our device-side skip (fused AdamW), DeepSpeed's overflow check
 def test_non_finite_steps_are_skipped_counted_and_halt_naming_the_cause(tmp_path, stage):
-    keep = ["train.single_rank_stage0=false"]  # ZeRO-2 stays ZeRO-2 on one rank
-    proc = pretrain(tmp_path / "skips", "optim.max_steps=6", *keep, stage=stage,
+    proc = pretrain(tmp_path / "skips", "optim.max_steps=6", stage=stage,
                     env={"UNIEMOX_FAULT": "nan_loss@step:2,nan_grad@step:4"})
     ok(proc)
     rows = [json.loads(line) for line in open(tmp_path / "skips" / "metrics.jsonl")]
     assert [r["health/skipped_steps"] for r in rows] == [0, 1, 1, 2, 2, 2]
     assert "loss/loss" not in rows[1]  # step 2's only loss was non-finite: no mean of nothing
     assert all(np.isfinite(r["loss/loss"]) for r in rows if r["step"] != 2)
-    halted = pretrain(tmp_path / "halt", "optim.max_steps=6", "train.max_nonfinite=2", *keep, stage=stage,
+    halted = pretrain(tmp_path / "halt", "optim.max_steps=6", "train.max_nonfinite=2", stage=stage,
                       env={"UNIEMOX_FAULT": "nan_grad@step:3,nan_grad@step:4"})
     assert halted.returncode == 3
     assert "2 consecutive steps with a non-finite gradient (last at step 4)" in halted.stderr
-    halted = pretrain(tmp_path / "halt_loss", "optim.max_steps=6", "train.max_nonfinite=2", *keep, stage=stage,
+    halted = pretrain(tmp_path / "halt_loss", "optim.max_steps=6", "train.max_nonfinite=2", stage=stage,
                       env={"UNIEMOX_FAULT": "nan_loss@step:3,nan_loss@step:4"})
     assert "2 consecutive steps with a non-finite loss (last at step 4)" in halted.stderr
 

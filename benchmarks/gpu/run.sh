@@ -74,7 +74,7 @@ else
   MODE=gpu PRECISION=bf16 TOTAL=${TOTAL:-$TOTAL_GPU}
   KERNEL_ARGS=(--device cuda --warmup 10 --reps 50)  # the benchmark's ViT-B/16 shapes, batch 256
   STEP_ARGS=(--device cuda --model uniemox_vit_base_patch16,uniemox_vit_large_patch16 --teacher ViT-B-16
-             --batch 128 --warmup 10 --steps 20)
+             --batch 128 --warmup 10 --steps 10 --rounds 2)  # slots A B B A: 20 timed steps a variant
   PROFILE_ARGS=(--model uniemox_vit_base_patch16 --warmup 5 --steps 3)
   SHARD_ARGS=(--copies 64 --max-side 256 --shard-size 16 --workers 8)  # 256 photos, 16 shards
   LOADER_ARGS=(--workers 4,8,14 --batch 128 --image-size 224 --batches 60 --warmup 2)

@@ -72,18 +72,20 @@ class Measurement:
 
 
 class TimedRunner:
-    """A runner with its batches and step counter: warmed up once, then timed slot by slot."""
+    """A runner with its batches and step counter: warmed up once, then timed slot by slot.
+    ``first``: the batch of its first step, the same for every variant (so the first losses of
+    the variants compare); the later ones come from ``batches``, shared by the variants."""
 
-    def __init__(self, runner: StepRunner, batches: Iterator[Dict], *, batch: int, patches: int,
+    def __init__(self, runner: StepRunner, batches: Iterator[Dict], first: Dict, *, batch: int, patches: int,
                  device: torch.device, seed: int = 0):
-        self.runner, self.batches, self.batch, self.patches = runner, batches, batch, patches
+        self.runner, self.batches, self.first, self.batch, self.patches = runner, batches, first, batch, patches
         self.device, self.seed, self.i = device, seed, 0
         self.m: Optional[Measurement] = None
         self._cache0 = None
 
     def _step(self) -> "tuple[float, torch.Tensor]":
         wait = time.perf_counter()
-        b = next(self.batches)
+        b = dict(self.first) if self.i == 0 else next(self.batches)
         waited = time.perf_counter() - wait
         b["noise"] = masking_noise(self.i, self.batch, self.patches, self.device, self.seed)
         self.i += 1

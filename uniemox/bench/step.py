@@ -119,11 +119,12 @@ def measure_case(case: StepCase, args: argparse.Namespace, device: torch.device,
                            shards=args.shard_urls, workers=args.workers, seed=args.seed)
     timed, flops, before = {}, {}, {}
     try:
+        first = next(batches)
         for variant in VARIANTS:
             before[variant] = torch.cuda.memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
             runner = build_runner(variant, spec, device)
             flops[variant] = pretrainer_step_flops(runner.model, arch, args.teacher).per_sample
-            timed[variant] = TimedRunner(runner, batches, batch=case.batch, patches=patches, device=device,
+            timed[variant] = TimedRunner(runner, batches, first, batch=case.batch, patches=patches, device=device,
                                          seed=args.seed)
             timed[variant].warm_up(args.warmup, args.steps)
         for variant in interleave(VARIANTS, args.rounds):
