@@ -7,7 +7,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from .guard import engine_checks_gradients, local_grad_norm, skips_on_device
+from .guard import engine_checks_gradients, non_finite_gradients, skips_on_device
 
 Forward = Callable[[], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
 
@@ -28,8 +28,7 @@ def guarded_micro_step(engine, forward: Forward, one: torch.Tensor, zero: torch.
     boundary = engine.is_gradient_accumulation_boundary()
     skipped = None
     if boundary and not engine_checks_gradients(engine):  # fp32 ZeRO-0: the check is ours
-        norm = local_grad_norm(engine.module)
-        bad = (~torch.isfinite(norm)).float() if norm is not None else zero
+        bad = non_finite_gradients(engine.module, zero)
         if skips_on_device(engine.optimizer):
             engine.optimizer.found_inf = bad  # the fused AdamW leaves weights and state as they were
             skipped = bad
