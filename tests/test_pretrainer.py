@@ -100,3 +100,30 @@ def test_teacher_width_must_match(teacher):
     m = create_pretrainer("uniemox_vit_tiny_patch16", **ARCH, proj_dim=512)
     with pytest.raises(UserError, match="proj_dim=64"):
         m.attach_teacher(teacher)
+
+
+def test_one_encoder_pass_for_both_views_gives_the_two_pass_step():
+    """joint_views (the default): scene and person through the encoder as one batch of 2B; the
+    encoder is per sample, so losses and gradients are those of the release's two passes."""
+    from uniemox.models.teacher import CLIPTeacher
+    torch.manual_seed(0)
+    teacher = CLIPTeacher("uniemox-clip-tiny-64", pretrained="none")
+    model = create_pretrainer("uniemox_vit_tiny_patch16", proj_dim=teacher.embed_dim, img_size=64, depth=2,
+                              decoder_depth=1, fusion="mlp_glu")
+    model.attach_teacher(teacher)
+    views, noise = torch.randn(2, 4, 3, 64, 64), torch.rand(2, 4, 16)
+    texts = [f"The overall emotion conveyed is {e}." for e in ("awe", "fear", "anger", "awe")]
+    results = []
+    for joint in (True, False):
+        model.joint_views = joint
+        model.zero_grad()
+        out = model(views[0], views[1], texts, noise[0], noise[1])
+        out["loss"].backward()
+        results.append(({k: out[k].detach() for k in ("loss", "reconstruction", "similarity", "contrastive")},
+                        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = results
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)
+    assert ga.keys() == gb.keys() and any(k.startswith("fusion.") for k in ga)
+    for k in ga:
+        torch.testing.assert_close(ga[k], gb[k], rtol=1e-4, atol=1e-6)

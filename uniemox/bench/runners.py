@@ -4,11 +4,13 @@
   micro-step): the DeepSpeed engine (ZeRO stage from configs/zero{N}.json; on one rank ZeRO-1/2
   run as ZeRO-0 unless --keep-stage, as the trainer does; bf16 module weights with fp32 master
   weights on CUDA), the chosen attention backend and kernels (``auto``: xformers and Triton on
-  CUDA), the frozen ``CLIPTeacher`` (bf16 on CUDA, inference mode, LRU cache of prompt
-  embeddings), the non-finite guard without reads to the host, torch's fused AdamW.
+  CUDA), both views through the encoder in one pass, the frozen ``CLIPTeacher`` (bf16 on CUDA,
+  inference mode, LRU cache of prompt embeddings), the non-finite guard without reads to the
+  host, torch's fused AdamW.
 * ``reference``: the same model computed the plain way, as the authors' release (an MAE
   fork) does: fp32 weights, the forward under ``torch.autocast`` (bf16 where the run's
-  precision is bf16), unfused PyTorch masking and losses (``kernel_impl="torch"``), the same
+  precision is bf16), unfused PyTorch masking and losses (``kernel_impl="torch"``), one encoder
+  pass per view, the same
   attention backend as ours unless --reference-attn (the release used math attention), the
   CLIP teacher in fp32 under the same autocast, outside inference mode and with every prompt
   tokenised and encoded on every step (``ReleaseTeacher``), ``loss.item()`` checked for
@@ -84,10 +86,11 @@ def _teacher(cls, spec: RunnerSpec, device: torch.device, **kwargs) -> CLIPTeach
     return cls(spec.teacher, pretrained="none", device=device, **kwargs)
 
 
-def _pretrainer(spec: RunnerSpec, teacher: CLIPTeacher, attn: str, kernels: str, device: torch.device):
+def _pretrainer(spec: RunnerSpec, teacher: CLIPTeacher, attn: str, kernels: str, device: torch.device,
+                joint_views: bool):
     torch.manual_seed(spec.seed)  # both variants start from the same weights
     model = create_pretrainer(spec.model, proj_dim=teacher.embed_dim, mask_ratio=spec.mask_ratio,
-                              attn_backend=attn, kernel_impl=kernels, **(spec.arch or {}))
+                              attn_backend=attn, kernel_impl=kernels, joint_views=joint_views, **(spec.arch or {}))
     model.attach_teacher(teacher)
     return model.to(device)
 
@@ -105,7 +108,7 @@ def build_ours(spec: RunnerSpec, device: torch.device) -> StepRunner:
     from uniemox.train.step import guarded_micro_step
 
     teacher = _teacher(CLIPTeacher, spec, device, precision="auto")
-    model = _pretrainer(spec, teacher, spec.attn, spec.kernels, device)
+    model = _pretrainer(spec, teacher, spec.attn, spec.kernels, device, joint_views=True)
     ds = build_ds_config(deepspeed_config_path(spec), micro_batch=spec.batch, grad_accum=1, world_size=1,
                          grad_clip=spec.grad_clip, precision=spec.precision,
                          single_rank_stage0=spec.single_rank_stage0)
@@ -126,7 +129,7 @@ def build_ours(spec: RunnerSpec, device: torch.device) -> StepRunner:
 
 def build_reference(spec: RunnerSpec, device: torch.device) -> StepRunner:
     teacher = _teacher(ReleaseTeacher, spec, device, precision="fp32", text_cache_size=0)
-    model = _pretrainer(spec, teacher, spec.reference_attn, "torch", device)
+    model = _pretrainer(spec, teacher, spec.reference_attn, "torch", device, joint_views=False)
     optimizer = torch.optim.AdamW(decay_groups(model, spec.weight_decay), lr=spec.lr, betas=(0.9, 0.95))
     autocast = spec.precision == "bf16"
 

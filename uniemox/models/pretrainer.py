@@ -41,7 +41,7 @@ def _gather_rows(x: torch.Tensor) -> torch.Tensor:
 class UniEmoXPretrainer(nn.Module):
     def __init__(self, model: MaskedAutoencoder, fusion: str = "easy", fusion_heads: int = 3,
                  proj_dim: int = 512, mask_ratio: float = 0.75, losses="all",
-                 contrastive_scope: str = "local", kernel_impl: str = "auto"):
+                 contrastive_scope: str = "local", kernel_impl: str = "auto", joint_views: bool = True):
         super().__init__()
         if contrastive_scope not in ("local", "global"):
             raise UserError(f"contrastive_scope must be 'local' or 'global', got {contrastive_scope!r}")
@@ -53,6 +53,9 @@ class UniEmoXPretrainer(nn.Module):
         self.components = parse_components(losses)
         self.contrastive_scope = contrastive_scope
         self.kernel_impl = kernel_impl
+        # the two views through the encoder in one pass of 2B samples (the encoder is per sample:
+        # the same result, in larger matrix products); False: two passes, as the release does
+        self.joint_views = joint_views
         self.distill_proj = (None if proj_dim == model.decoder_embed_dim
                              else nn.Linear(model.embed_dim, proj_dim))
         if self.distill_proj is not None:
@@ -93,6 +96,20 @@ class UniEmoXPretrainer(nn.Module):
         pred = self.model.forward_decoder(latent, ids_restore)
         return self.model.reconstruction(imgs, pred, mask), pred, mask, self.project_cls(latent)
 
+    def mae_with_person(self, scene: torch.Tensor, person: torch.Tensor, noise_scene: Optional[torch.Tensor],
+                        noise_person: Optional[torch.Tensor]):
+        """``mae`` of the scene view and the person view's cls_proj from one encoder pass over both:
+        -> (reconstruction loss, pred, mask, alpha, beta)."""
+        n = scene.shape[0]
+        noise = None
+        if noise_scene is not None or noise_person is not None:
+            noise = torch.cat([noise_scene if noise_scene is not None else self.model.make_noise(scene),
+                               noise_person if noise_person is not None else self.model.make_noise(person)])
+        latent, mask, ids_restore = self.model.forward_encoder(torch.cat([scene, person]), self.mask_ratio, noise)
+        pred = self.model.forward_decoder(latent[:n], ids_restore[:n])
+        cls = self.project_cls(latent)
+        return self.model.reconstruction(scene, pred, mask[:n]), pred, mask[:n], cls[:n], cls[n:]
+
     def encode_view(self, imgs: torch.Tensor, mask_ratio: Optional[float] = None,
                     noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         """A view that is encoded but not reconstructed (the person view): -> cls_proj."""
@@ -118,19 +135,24 @@ class UniEmoXPretrainer(nn.Module):
         "contrastive"}; plus "pred" and "mask" of the scene view when it is reconstructed."""
         out: Dict[str, torch.Tensor] = {}
         terms = []
+        if self.uses_distillation and text is None:
+            raise ValueError("distillation losses need the prompts (text) of the batch")
+        if self.uses_person_view and person is None:
+            raise ValueError(f"fusion {self.fusion_name!r} needs the person view")
+        beta = None
         if "reconstruction" in self.components:
-            rec, pred, mask, alpha = self.mae(scene, noise=noise_scene)
+            if self.uses_person_view and self.joint_views:
+                rec, pred, mask, alpha, beta = self.mae_with_person(scene, person, noise_scene, noise_person)
+            else:
+                rec, pred, mask, alpha = self.mae(scene, noise=noise_scene)
             out.update(reconstruction=rec, pred=pred, mask=mask)
             terms.append(rec)
         elif self.uses_distillation:
             alpha = self.encode_view(scene, noise=noise_scene)
         if self.uses_distillation:
-            if text is None:
-                raise ValueError("distillation losses need the prompts (text) of the batch")
             if self.uses_person_view:
-                if person is None:
-                    raise ValueError(f"fusion {self.fusion_name!r} needs the person view")
-                gamma = self.fusion(alpha, self.encode_view(person, noise=noise_person))
+                beta = beta if beta is not None else self.encode_view(person, noise=noise_person)
+                gamma = self.fusion(alpha, beta)
             else:
                 gamma = alpha
             omega, lam = self.teacher_targets(scene, text)
@@ -148,7 +170,7 @@ class UniEmoXPretrainer(nn.Module):
 def create_pretrainer(name: str = "uniemox_vit_base_patch16", *, fusion: str = "easy",
                       fusion_heads: int = 3, proj_dim: int = 512, mask_ratio: float = 0.75,
                       losses="all", contrastive_scope: str = "local", norm_pix_loss: bool = False,
-                      attn_backend: str = "auto", kernel_impl: str = "auto",
+                      attn_backend: str = "auto", kernel_impl: str = "auto", joint_views: bool = True,
                       **arch_overrides) -> UniEmoXPretrainer:
     """Build a registered size, e.g. ``create_pretrainer("uniemox_vit_tiny_patch16", img_size=64,
     depth=2, mask_ratio=0.9, fusion="mlp_glu", proj_dim=teacher.embed_dim)``."""
@@ -158,4 +180,4 @@ def create_pretrainer(name: str = "uniemox_vit_base_patch16", *, fusion: str = "
                               kernel_impl=kernel_impl)
     return UniEmoXPretrainer(model, fusion=fusion, fusion_heads=fusion_heads, proj_dim=proj_dim,
                              mask_ratio=mask_ratio, losses=losses,
-                             contrastive_scope=contrastive_scope, kernel_impl=kernel_impl)
+                             contrastive_scope=contrastive_scope, kernel_impl=kernel_impl, joint_views=joint_views)
