@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from subprocesses import child_env, deepspeed_launcher
 
@@ -148,3 +149,17 @@ def test_two_ranks_gather_every_evaluation_sample_once(tmp_path):
     assert json.loads((tmp_path / "data" / "fraction-0.5-seed0" / "manifest.json").read_text())["total"] == 128
     tag = tmp_path / "checkpoints" / "step_00000002"
     assert {p.name for p in tag.glob("trainer_rank*.pt")} == {"trainer_rank0.pt", "trainer_rank1.pt"}
+
+
+@pytest.mark.parametrize("stage", ["zero0", "zero2"])
+def test_bf16_best_weights_are_the_fp32_master_weights(tmp_path, stage):
+    """Under bf16 the module holds rounded weights; best/ must hold the fp32 master weights (the
+    optimizer's), as the pretraining export does: most values are then not bf16 numbers."""
+    from safetensors.torch import load_file
+    ok(run(FINETUNE, TINY + ["optim.max_steps=2", "eval.every=2", "train.precision=bf16", "optim.blr=0.5",
+                             "train.single_rank_stage0=false", "--deepspeed", stage, "--run-dir", str(tmp_path)]))
+    weights = load_file(str(tmp_path / "best" / "model.safetensors"))
+    trained = weights["blocks.0.attn.qkv.weight"]
+    assert trained.dtype == torch.float32
+    rounded = trained.to(torch.bfloat16).float()
+    assert (trained != rounded).float().mean() > 0.5  # fp32 values, not bf16 ones written as fp32

@@ -189,16 +189,23 @@ def configure_cpu_threads(device: torch.device, num_workers: int, local_world_si
 
 
 def fp32_module_state(engine) -> Dict[str, torch.Tensor]:
-    """The engine module's state dict with every trained parameter as its fp32 master copy
-    (DeepSpeed's public ``safe_get_full_fp32_param``; under bf16 the module holds rounded
-    weights) and frozen parameters and buffers as they are. Collective under ZeRO-3: every
-    rank must call it."""
+    """The engine module's state dict with every trained parameter as its fp32 master copy (under
+    bf16/fp16 the module holds rounded weights) and frozen parameters and buffers as they are:
+    DeepSpeed's ``safe_get_full_fp32_param`` (ZeRO-1/2/3), or the ``fp32_groups`` its ZeRO-0
+    bf16/fp16 optimizer keeps beside its ``fp16_groups``. Collective under ZeRO-3: every rank
+    must call it."""
     from deepspeed.utils import safe_get_full_fp32_param
 
+    optimizer = engine.optimizer
+    masters = {}
+    if hasattr(optimizer, "fp16_groups") and hasattr(optimizer, "fp32_groups"):  # ZeRO-0, bf16/fp16
+        for low, high in zip(optimizer.fp16_groups, optimizer.fp32_groups):
+            masters.update({id(p): m for p, m in zip(low, high) if isinstance(m, torch.Tensor)})
     state = {}
     module = engine.module
     for name, param in module.named_parameters():
         full = safe_get_full_fp32_param(param) if param.requires_grad else None
+        full = masters.get(id(param)) if full is None else full
         state[name] = (full if full is not None else param.detach()).float().cpu()
     for name, buf in module.named_buffers():
         state[name] = buf.detach().cpu()
