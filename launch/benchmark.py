@@ -10,6 +10,7 @@
     python launch/benchmark.py step --device cpu --model uniemox_vit_tiny_patch16 --teacher uniemox-clip-tiny \
         --arch img_size=64,depth=2,decoder_depth=1 --batch 4 --zero 0 --warmup 1 --steps 3   # CPU smoke run
     python launch/benchmark.py loader --shards DIR --workers 0,4,8,16      # the loader's own ceiling
+    python launch/benchmark.py memory --gpu-gib 80      # activations per sample, +/- checkpointing
 
 Each run writes its results (benchmarks/results/ unless --out: JSON; step and loader also CSV
 and PNG) and prints a table.
@@ -21,6 +22,7 @@ from typing import Optional, Sequence
 
 from uniemox.bench import kernels as bench_kernels
 from uniemox.bench import loader as bench_loader
+from uniemox.bench import memory as bench_memory
 from uniemox.bench import step as bench_step
 from uniemox.errors import UserError
 
@@ -40,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                                            "from shards with N workers, no model")
     bench_loader.add_arguments(loader)
     loader.set_defaults(func=bench_loader.run)
+    memory = sub.add_parser("memory", help="activation memory of the pretraining step per sample, with and "
+                                           "without activation checkpointing; the largest micro batch per GPU")
+    bench_memory.add_arguments(memory)
+    memory.set_defaults(func=bench_memory.run)
     return parser
 
 

@@ -233,3 +233,15 @@ def test_reference_backend_and_stage_as_told(tmp_path):
     assert ours["zero"] == "2->0" and ref["attn"] == "math" and ours["slots"] == 1  # one rank: as the trainer
     assert main(TINY + ["--zero", "2", "--keep-stage", "--rounds", "1", "--steps", "1", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["rows"][0]["zero"] == "2"
+
+
+def test_memory_per_sample_with_and_without_checkpointing(tmp_path):
+    out = tmp_path / "memory.json"
+    assert main(["memory", "--model", "uniemox_vit_tiny_patch16", "--mask-ratio", "0.75", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    plain, recomputed = rows
+    assert (plain["grad_checkpointing"], recomputed["grad_checkpointing"]) == (False, True)
+    assert 0 < recomputed["saved_mib_per_sample"] < 0.25 * plain["saved_mib_per_sample"]
+    assert recomputed["saved_mib_per_sample"] < recomputed["peak_mib_per_sample"] < plain["peak_mib_per_sample"]
+    assert recomputed["max_micro_batch"] > plain["max_micro_batch"] > 0
+    assert plain["params_millions"] == pytest.approx(9.3, abs=0.2)  # the tiny pretrainer (README's table)

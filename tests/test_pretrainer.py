@@ -127,3 +127,35 @@ def test_one_encoder_pass_for_both_views_gives_the_two_pass_step():
     assert ga.keys() == gb.keys() and any(k.startswith("fusion.") for k in ga)
     for k in ga:
         torch.testing.assert_close(ga[k], gb[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("drop_path", [0.0, 0.3])
+def test_activation_checkpointing_gives_the_same_losses_and_gradients(drop_path):
+    """model.grad_checkpointing: encoder and decoder blocks recomputed in the backward; with the
+    random draws of drop-path replayed, nothing changes but memory and time."""
+    from uniemox.models.teacher import CLIPTeacher
+    teacher = CLIPTeacher("uniemox-clip-tiny-64", pretrained="none")
+    views, noise = torch.randn(2, 4, 3, 64, 64), torch.rand(2, 4, 16)
+    texts = ["The overall emotion conveyed is awe."] * 4
+    results, saved = [], []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = create_pretrainer("uniemox_vit_tiny_patch16", proj_dim=teacher.embed_dim, img_size=64, depth=2,
+                                  decoder_depth=2)
+        for block in model.model.blocks:  # drop-path draws from the global RNG in the forward
+            block.drop_path.rate = drop_path
+        model.attach_teacher(teacher)
+        model.model.set_grad_checkpointing(recompute)
+        torch.manual_seed(1)
+        kept = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.nbytes) or t, lambda t: t):
+            out = model(views[0], views[1], texts, noise[0], noise[1])
+        saved.append(sum(kept))
+        out["loss"].backward()
+        results.append((out["loss"].detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    assert saved[1] < 0.6 * saved[0], saved  # the blocks kept only their inputs for the backward
+    (la, ga), (lb, gb) = results
+    torch.testing.assert_close(la, lb, rtol=0, atol=0)
+    assert ga.keys() == gb.keys() and any(k.startswith("model.decoder_blocks.") for k in ga)
+    for k in ga:
+        torch.testing.assert_close(ga[k], gb[k], rtol=1e-6, atol=1e-7, msg=k)

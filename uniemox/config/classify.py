@@ -17,6 +17,7 @@ class ClassifierModelConfig:
     global_pool: str = choice("avg", "token")  # avg (mean of patch tokens + fc_norm) | token (CLS + norm)
     drop_path: float = bounded(0.1, lo=0.0, hi=1.0, hi_open=True)
     attn_backend: str = choice("auto", "xformers", "sdpa", "math")
+    grad_checkpointing: bool = False  # recompute the blocks in the backward (memory for compute)
 
 
 @dataclass

@@ -19,6 +19,7 @@ class ModelConfig:
     contrastive_scope: str = choice("local", "global")  # local (release: per GPU) | global (all-gathered text)
     attn_backend: str = choice("auto", "xformers", "sdpa", "math")
     kernels: str = choice("auto", "triton", "torch")
+    grad_checkpointing: bool = False          # recompute encoder and decoder blocks in the backward (memory)
     init: Optional[str] = None                # facebookresearch/mae or release checkpoint
 
 

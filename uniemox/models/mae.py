@@ -78,8 +78,7 @@ class MaskedAutoencoder(VisionTransformer):
         pos = self.decoder_pos_embed.to(x.dtype)
         patches = unmask_tokens(x[:, 1:], self.mask_token, ids_restore, pos[0, 1:], impl=self.kernel_impl)
         x = torch.cat([x[:, :1] + pos[:, :1], patches], dim=1)
-        for block in self.decoder_blocks:
-            x = block(x)
+        x = self.run_sequence(self.decoder_blocks, x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
     def reconstruction(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

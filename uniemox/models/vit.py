@@ -6,8 +6,11 @@ attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2), norm; for classification fc_norm 
 timm's constructor contract.
 """
 
+from typing import Iterable
+
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention
 from .pos_embed import sincos_pos_embed_2d
@@ -110,6 +113,7 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS) if global_pool == "token" else nn.Identity()
         self.fc_norm = nn.LayerNorm(embed_dim, eps=LN_EPS) if global_pool == "avg" else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False
         self.reset_parameters()
 
     @property
@@ -139,10 +143,20 @@ class VisionTransformer(nn.Module):
         cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
         return torch.cat([cls, x], dim=1)
 
-    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: in training, each block keeps only its input for the backward and
+        recomputes the rest there (activation memory of one block instead of all, about a third
+        more compute). Random draws (drop-path) are replayed, so losses and gradients are the same."""
+        self.grad_checkpointing = enable
+
+    def run_sequence(self, blocks: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for block in blocks:
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         return x
+
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run_sequence(self.blocks, x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.run_blocks(self.embed_tokens(x)))

@@ -52,7 +52,7 @@ class Task:
     # a checkpoint resumes only where these (dotted prefixes of the marker's record: the run
     # config, "task", "zero_stage") are what they were, apart from ``resume_may_differ``
     resume_must_match = ("task", "zero_stage", "model")
-    resume_may_differ = ("model.init", "model.attn_backend", "model.kernels")
+    resume_may_differ = ("model.init", "model.attn_backend", "model.kernels", "model.grad_checkpointing")
 
     def __init__(self, cfg, run):
         self.cfg, self.run = cfg, run

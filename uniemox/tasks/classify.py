@@ -87,6 +87,7 @@ class ClassifyTask(Task):
         encoder = create_encoder(cfg.model.name, num_classes=0 if self.probe else len(self.classes),
                                  global_pool=cfg.model.global_pool, drop_path_rate=cfg.model.drop_path,
                                  attn_backend=cfg.model.attn_backend, **cfg.model.arch)
+        encoder.set_grad_checkpointing(cfg.model.grad_checkpointing)
         if cfg.model.init:
             self.log(logging.INFO, "init from %s: %s", cfg.model.init, load_init(encoder, cfg.model.init).summary())
         else:

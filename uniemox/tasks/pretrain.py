@@ -75,6 +75,7 @@ class PretrainTask(Task):
         if cfg.model.init:
             self.log(logging.INFO, "init from %s: %s", cfg.model.init,
                      load_pretrainer_checkpoint(model, cfg.model.init).summary())
+        model.model.set_grad_checkpointing(cfg.model.grad_checkpointing)
         model.attach_teacher(teacher)  # outside parameters()/state_dict(): ZeRO never sees it
         self.model, self.last = model, None
         return model
