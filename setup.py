@@ -12,6 +12,9 @@ VERSION = "0.1.0"
 DETECT = ["absl-py", "attrs", "flatbuffers", "protobuf>=4.25.3,<5",
           "opencv-python-headless<5", "matplotlib", "sounddevice"]
 
+# Shards in object storage: fsspec's http (aiohttp) and s3 (s3fs) file systems.
+REMOTE = ["fsspec", "aiohttp", "s3fs"]
+
 setup(
     name="uniemox",
     version=VERSION,
@@ -45,7 +48,8 @@ setup(
         "triton; platform_system=='Linux'",
     ],
     extras_require={
-        "dev": ["pytest>=7", "scikit-image", "scikit-learn"] + DETECT,
+        "dev": ["pytest>=7", "scikit-image", "scikit-learn", "moto[server]"] + DETECT + REMOTE,
+        "remote": REMOTE,
         "detect": DETECT,
         "gpu": ["xformers"],
     },

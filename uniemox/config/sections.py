@@ -16,6 +16,8 @@ class DataConfig:
     shuffle_buffer: int = bounded(1000, lo=0)
     resampled: bool = False                   # sample shards with replacement (large multi-epoch runs)
     seed: int = 0
+    io_timeout: float = bounded(30.0, lo=0.0, lo_open=True)  # remote shards: seconds of silence before a read fails
+    io_retries: int = bounded(3, lo=0)        # remote shards: tries again from where it failed, then skips
 
 
 @dataclass

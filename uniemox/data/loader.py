@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import UserError
 from .reader import MODES, ReaderConfig, ShardStream, ViewTransform, count_classes, expand_urls
-from .tarstream import SKIP_KINDS
+from .tarstream import SKIP_KINDS, Retry
 
 
 class ShardLoader:
@@ -147,16 +147,18 @@ def build_pretrain_loader(urls: Union[str, Sequence[str]], batch_size: int, num_
                           resampled: bool = False, rank: int = 0, world_size: int = 1,
                           start_state: Optional[Dict] = None, epoch_batches: Optional[int] = None,
                           drop_last: bool = True, pin_memory: bool = False,
-                          person_view: bool = True, class_count: Optional[int] = None) -> ShardLoader:
+                          person_view: bool = True, class_count: Optional[int] = None,
+                          retry: Retry = Retry()) -> ShardLoader:
     """The pretraining reader (two views + prompt); see `ShardLoader` for the batch layout.
     ``person_view=False``: batches without "person" (a caller that uses the scene view only
     saves its crop and resize). ``class_count``: samples labelled outside it are skipped and
-    counted (default: the classes of the shards' manifest, where there is one)."""
+    counted (default: the classes of the shards' manifest, where there is one). ``retry``: how
+    remote shards are waited for and retried."""
     urls = expand_urls(urls)
     class_count = class_count if class_count is not None else count_classes(urls)
     cfg = ReaderConfig(tuple(urls), batch_size, num_workers, image_size, shuffle_buffer, seed,
                        resampled, rank, world_size, drop_last, "pretrain", person_view=person_view,
-                       class_count=class_count)
+                       class_count=class_count, retry=retry)
     return ShardLoader(cfg, epoch_batches, pin_memory, start_state=start_state)
 
 
@@ -165,7 +167,7 @@ def build_labeled_loader(urls: Union[str, Sequence[str]], batch_size: int, num_w
                          seed: int = 0, rank: int = 0, world_size: int = 1,
                          num_classes: Optional[int] = None, start_state: Optional[Dict] = None,
                          view_transform: Optional[ViewTransform] = None, pin_memory: bool = False,
-                         class_count: Optional[int] = None) -> ShardLoader:
+                         class_count: Optional[int] = None, retry: Retry = Retry()) -> ShardLoader:
     """Single-view labelled batches for fine-tuning (train=True: random-resized crop + flip, or
     ``view_transform``; shuffled, full batches) or evaluation (resize + centre crop, file order,
     every sample once; workers are capped at the shards per rank). ``class_count``: as in
@@ -177,5 +179,6 @@ def build_labeled_loader(urls: Union[str, Sequence[str]], batch_size: int, num_w
             raise UserError(f"{len(urls)} shard(s) for {world_size} ranks: every rank needs a shard")
         num_workers = min(num_workers, len(urls) // world_size)
     cfg = ReaderConfig(tuple(urls), batch_size, num_workers, image_size, shuffle_buffer, seed, False, rank,
-                       world_size, train, "train" if train else "eval", num_classes, class_count=class_count)
+                       world_size, train, "train" if train else "eval", num_classes, class_count=class_count,
+                       retry=retry)
     return ShardLoader(cfg, pin_memory=pin_memory, start_state=start_state, view_transform=view_transform)

@@ -36,8 +36,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..errors import UserError
 from .images import decode_image
 from .prompts import build_prompt
+from .manifest import MANIFEST
+from .remote import parent, read_text
 from .sample_meta import check_meta
-from .tarstream import IMAGE_KEYS, RateLimitedLog, iter_shards, seeded_shuffle
+from .tarstream import IMAGE_KEYS, RateLimitedLog, Retry, iter_shards, seeded_shuffle
 from .transforms import EvalTransform, TwoViewTransform, ViewAugment
 
 MODES = ("pretrain", "train", "eval")
@@ -60,6 +62,7 @@ class ReaderConfig:
     num_classes: Optional[int] = None  # multi-label targets (EMOTIC) in train/eval mode
     person_view: bool = True  # pretrain mode: False leaves the person view out (teacher training)
     class_count: Optional[int] = None  # labels at or above it are skipped (None: not known)
+    retry: Retry = Retry()  # remote shards: time-out and bounded retries (tarstream.Retry)
 
     @property
     def streams(self) -> int:
@@ -90,35 +93,43 @@ def expand_urls(urls: Union[str, Sequence[str]]) -> List[str]:
     return out
 
 
+def _manifest_near(url: str, cache: Dict[str, Optional[Dict]]) -> Optional[Dict]:
+    """The manifest in a shard's folder (local or remote), or None where there is none."""
+    folder = parent(url)
+    if folder not in cache:
+        try:
+            cache[folder] = json.loads(read_text(f"{folder}/{MANIFEST}"))
+        except (OSError, ValueError, UserError):  # no manifest there (or not readable): not counted
+            cache[folder] = None
+    return cache[folder]
+
+
 def epoch_size(urls: Union[str, Sequence[str]]) -> Optional[int]:
     """Samples in one pass over `urls` (any form `expand_urls` takes), counted from the
-    manifests next to the shards; None when a shard has no manifest entry."""
-    from .manifest import MANIFEST, load_manifest
-
-    counts: Dict[str, int] = {}
+    manifests next to the shards (local or remote); None when a shard has no manifest entry."""
+    manifests: Dict[str, Optional[Dict]] = {}
     total = 0
     for url in expand_urls(urls):
-        folder = os.path.dirname(os.path.abspath(url))
-        if folder not in counts and os.path.isfile(os.path.join(folder, MANIFEST)):
-            for split in load_manifest(folder)["splits"].values():
-                counts.update({os.path.join(folder, s["file"]): s["count"] for s in split["shards"]})
-        n = counts.get(os.path.abspath(url))
-        if n is None:
+        manifest = _manifest_near(url, manifests)
+        name = url.rsplit("/", 1)[-1]
+        counts = {s["file"]: s["count"] for split in (manifest or {}).get("splits", {}).values()
+                  for s in split["shards"]}
+        if name not in counts:
             return None
-        total += n
+        total += counts[name]
     return total
 
 
 def count_classes(urls: Sequence[str]) -> Optional[int]:
     """The class count of the manifests next to ``urls`` (None where a shard has none, or the
     manifests disagree)."""
-    from .manifest import MANIFEST, load_manifest
-
+    manifests: Dict[str, Optional[Dict]] = {}
     counts = set()
-    for folder in {os.path.dirname(os.path.abspath(u)) for u in urls}:
-        if not os.path.isfile(os.path.join(folder, MANIFEST)):
+    for url in urls:
+        manifest = _manifest_near(url, manifests)
+        if manifest is None:
             return None
-        counts.add(len(load_manifest(folder).get("classes") or ()))
+        counts.add(len(manifest.get("classes") or ()))
     return counts.pop() if len(counts) == 1 and 0 not in counts else None
 
 
@@ -223,7 +234,7 @@ class ShardStream(IterableDataset):
             # damaged shards met while fast-forwarding to a resume position were counted before the
             # resume (the counters are restored): shard events are kept only from that position on
             shard_events: Counter = Counter()
-            raw = iter_shards(self.shards(epoch, worker), shard_events, warn)
+            raw = iter_shards(self.shards(epoch, worker), shard_events, warn, cfg.retry)
             if cfg.mode != "eval":
                 raw = seeded_shuffle(raw, cfg.shuffle_buffer,
                                      random.Random(f"{cfg.seed}:shuffle:{epoch}:{cfg.rank}:{worker}"))

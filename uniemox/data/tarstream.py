@@ -1,17 +1,21 @@
-"""Raw samples out of WebDataset tars, robust to damage; skip counters; seeded shuffle.
+"""Raw samples out of WebDataset tars (local, ``pipe:`` or remote: remote.py), robust to damage;
+skip counters; seeded shuffle.
 
-A truncated or unreadable shard ends that shard (the incomplete last sample is dropped)
-and is counted; reading goes on with the next shard. Nothing sleeps, nothing retries.
+A local truncated or unreadable shard ends that shard (the incomplete last sample is dropped)
+and is counted; reading goes on with the next shard. A remote shard that fails (a time-out, a
+dropped connection, a server that went away) is retried a bounded number of times, reading on
+from where it failed, then skipped and counted the same way: never a hang, never a sample twice.
 """
 import logging
 import random
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List
 
-from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
+from .remote import is_missing, is_remote, open_shard
 from .sample_meta import SKIP_KINDS as META_SKIP_KINDS
 
 logger = logging.getLogger("uniemox.data")
@@ -37,15 +41,25 @@ class RateLimitedLog:
         self.last, self.held = now, 0
 
 
-def iter_shard(url: str, counters: Counter, warn: RateLimitedLog) -> Iterator[Dict]:
-    """Samples {'__key__', 'jpg', 'json', ...} of one tar, in file order."""
+@dataclass(frozen=True)
+class Retry:
+    """How a remote shard is retried: ``attempts`` more tries after a failure (a time-out, a
+    dropped connection, a server error), ``timeout`` seconds of silence before a read fails,
+    ``backoff`` seconds before the first retry (doubled each time)."""
+    attempts: int = 3
+    timeout: float = 30.0
+    backoff: float = 1.0
+
+
+def data_retry(data) -> Retry:
+    """The Retry of a config's data section (``io_timeout``, ``io_retries``)."""
+    return Retry(attempts=data.io_retries, timeout=data.io_timeout)
+
+
+def _samples(stream) -> Iterator[Dict]:
+    """Complete samples of a tar stream, in file order; raises what the stream raises, after the
+    sample it was reading when it broke (incomplete) is dropped."""
     current: Dict = {}
-    try:
-        stream = gopen(url, "rb")
-    except Exception as e:
-        counters["unreadable_shard"] += 1
-        warn(f"cannot open shard {url}: {e}")
-        return
     try:
         for member in tar_file_iterator(stream):
             key, suffix = base_plus_ext(member["fname"])
@@ -56,20 +70,54 @@ def iter_shard(url: str, counters: Counter, warn: RateLimitedLog) -> Iterator[Di
                 current = {}
             current.setdefault("__key__", key)
             current[suffix.lower()] = member["data"]
-    except Exception as e:  # truncated / damaged tar: keep what was complete, go on
-        counters["truncated_shard"] += 1
-        warn(f"damaged shard {url} after {current.get('__key__', 'its start')}: {type(e).__name__}: {e}")
-        if not ("json" in current and any(k in current for k in IMAGE_KEYS)):
-            current = {}  # the sample being read when the tar broke is incomplete
-    finally:
-        stream.close()
+    except Exception:
+        if "json" in current and any(k in current for k in IMAGE_KEYS):
+            yield current  # the member that broke came after a complete sample
+        raise
     if current:
         yield current
 
 
-def iter_shards(urls: Iterable[str], counters: Counter, warn: RateLimitedLog) -> Iterator[Dict]:
+def iter_shard(url: str, counters: Counter, warn: RateLimitedLog, retry: Retry = Retry()) -> Iterator[Dict]:
+    """Samples {'__key__', 'jpg', 'json', ...} of one tar, in file order. A remote shard that
+    fails is opened again and read on from the first sample not yet given (never one twice, none
+    left out), up to ``retry.attempts`` times; then, or at once for a local or missing shard, the
+    rest of it is skipped and counted (``truncated_shard`` / ``unreadable_shard``)."""
+    given, failures = 0, 0
+    while True:
+        try:
+            stream = open_shard(url, retry.timeout)
+        except Exception as e:
+            if is_remote(url) and failures < retry.attempts and not is_missing(e):
+                failures += 1
+                time.sleep(retry.backoff * 2 ** (failures - 1))
+                continue
+            counters["unreadable_shard"] += 1
+            warn(f"cannot open shard {url}: {type(e).__name__}: {e}")
+            return
+        try:
+            for index, sample in enumerate(_samples(stream)):
+                if index >= given:  # a retry reads past what was given before, without decoding it
+                    given += 1
+                    yield sample
+            return
+        except Exception as e:
+            if is_remote(url) and failures < retry.attempts and not is_missing(e):
+                failures += 1
+                warn(f"shard {url} failed after {given} samples ({type(e).__name__}: {e}); retry {failures} of "
+                     f"{retry.attempts}")
+                time.sleep(retry.backoff * 2 ** (failures - 1))
+                continue
+            counters["truncated_shard" if given else "unreadable_shard"] += 1
+            warn(f"{'damaged' if given else 'unreadable'} shard {url} after {given} samples: {type(e).__name__}: {e}")
+            return
+        finally:
+            stream.close()
+
+
+def iter_shards(urls: Iterable[str], counters: Counter, warn: RateLimitedLog, retry: Retry = Retry()) -> Iterator[Dict]:
     for url in urls:
-        yield from iter_shard(url, counters, warn)
+        yield from iter_shard(url, counters, warn, retry)
 
 
 def seeded_shuffle(samples: Iterable, bufsize: int, rng: random.Random) -> Iterator:

@@ -13,6 +13,7 @@ from uniemox.config import recipe, to_dict
 from uniemox.data import (build_labeled_loader, build_pretrain_loader, ensure_sample_shards, epoch_size,
                           expand_urls, load_manifest, shard_urls)
 from uniemox.data.prompts import emotion_prompt, shorten_captions
+from uniemox.data.tarstream import data_retry
 from uniemox.data.transforms import model_input
 from uniemox.errors import UserError
 from uniemox.io import atomic_save, atomic_write_json
@@ -65,7 +66,8 @@ class TeacherTask(Task):
         return build_pretrain_loader(self.shards, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                                      image_size=self.image_size, shuffle_buffer=cfg.data.shuffle_buffer,
                                      seed=cfg.data.seed, resampled=cfg.data.resampled, rank=run.rank,
-                                     world_size=run.world, pin_memory=run.pinned, person_view=False)  # the scene view only
+                                     world_size=run.world, pin_memory=run.pinned, person_view=False,  # the scene view
+                                     retry=data_retry(cfg.data))
 
     def _image_size(self) -> int:
         import open_clip

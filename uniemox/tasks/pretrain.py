@@ -9,6 +9,7 @@ import torch
 
 from uniemox.config import recipe
 from uniemox.data import build_pretrain_loader, ensure_sample_shards, epoch_size
+from uniemox.data.tarstream import data_retry
 from uniemox.data.transforms import model_input
 from uniemox.errors import UserError
 from uniemox.models import create_pretrainer, get_arch
@@ -56,7 +57,7 @@ class PretrainTask(Task):
         return build_pretrain_loader(self.shards, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                                      image_size=self.arch.img_size, shuffle_buffer=cfg.data.shuffle_buffer,
                                      seed=cfg.data.seed, resampled=cfg.data.resampled, rank=run.rank,
-                                     world_size=run.world, pin_memory=run.pinned)
+                                     world_size=run.world, pin_memory=run.pinned, retry=data_retry(cfg.data))
 
     def epoch_samples(self):
         return epoch_size(self.shards)
