@@ -60,5 +60,6 @@ setup(
         "uniemox-finetune = uniemox.launch.finetune:main",
         "uniemox-predict = uniemox.launch.predict:main",
         "uniemox-train-teacher = uniemox.launch.train_teacher:main",
+        "uniemox-ablation = uniemox.launch.ablation:main",
     ]},
 )

@@ -12,7 +12,7 @@ ROOTS = {"uniemox": "uniemox", "uniemox.kernels": "kernels", "uniemox.launch": "
 # who may import whom: a layer imports only the layers below it (and itself)
 LAYERS = ["uniemox.errors", "uniemox.io", "uniemox.safeload", "uniemox.config", "uniemox.kernels", "uniemox.data", "uniemox.losses",
           "uniemox.models", "uniemox.convert", "uniemox.train", "uniemox.eval", "uniemox.finetune", "uniemox.tasks",
-          "uniemox.bench", "uniemox.launch"]
+          "uniemox.bench", "uniemox.experiments", "uniemox.launch"]
 # pairs that stand on one floor (neither imports the other's callers): allowed in the order given
 BELOW = {"uniemox.convert": {"uniemox.models"}, "uniemox.models": {"uniemox.convert"}}
 
