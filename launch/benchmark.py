@@ -11,6 +11,7 @@
         --arch img_size=64,depth=2,decoder_depth=1 --batch 4 --zero 0 --warmup 1 --steps 3   # CPU smoke run
     python launch/benchmark.py loader --shards DIR --workers 0,4,8,16      # the loader's own ceiling
     python launch/benchmark.py memory --gpu-gib 80      # activations per sample, +/- checkpointing
+    python launch/benchmark.py checkpoint --model uniemox_vit_large_patch16 --dir /shared/ckpt   # bytes, seconds
 
 Each run writes its results (benchmarks/results/ unless --out: JSON; step and loader also CSV
 and PNG) and prints a table.
@@ -20,6 +21,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from uniemox.bench import checkpoint as bench_checkpoint
 from uniemox.bench import kernels as bench_kernels
 from uniemox.bench import loader as bench_loader
 from uniemox.bench import memory as bench_memory
@@ -46,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                                            "without activation checkpointing; the largest micro batch per GPU")
     bench_memory.add_arguments(memory)
     memory.set_defaults(func=bench_memory.run)
+    checkpoint = sub.add_parser("checkpoint", help="what one training checkpoint costs: bytes on disk and seconds "
+                                                   "to save (DeepSpeed engine, optimizer state), disk bandwidth")
+    bench_checkpoint.add_arguments(checkpoint)
+    checkpoint.set_defaults(func=bench_checkpoint.run)
     return parser
 
 

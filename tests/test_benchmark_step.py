@@ -245,3 +245,17 @@ def test_memory_per_sample_with_and_without_checkpointing(tmp_path):
     assert recomputed["saved_mib_per_sample"] < recomputed["peak_mib_per_sample"] < plain["peak_mib_per_sample"]
     assert recomputed["max_micro_batch"] > plain["max_micro_batch"] > 0
     assert plain["params_millions"] == pytest.approx(9.3, abs=0.2)  # the tiny pretrainer (README's table)
+
+
+@pytest.mark.parametrize("precision,zero,per_param", [("fp32", 2, 16), ("bf16", 1, 14)])
+def test_checkpoint_cost_is_the_saved_engine(tmp_path, precision, zero, per_param):
+    """Bytes of a real save: module weights (4 or 2 B/param) + the ZeRO optimizer's fp32 master
+    copy and Adam's two moments (12 B/param); nothing else of size."""
+    out = tmp_path / "checkpoint.json"
+    assert main(["checkpoint", "--model", "uniemox_vit_tiny_patch16", "--arch", "img_size=32,depth=2,decoder_depth=1",
+                 "--precision", precision, "--zero", str(zero), "--repeats", "1", "--dir", str(tmp_path / "ckpt"),
+                 "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["bytes_per_param"] == pytest.approx(per_param, abs=0.3)
+    assert row["save_s"] > 0 and row["disk_write_mb_per_s"] > 0
+    assert (tmp_path / "ckpt" / "latest").read_text() == "step_00000001"  # the trainer's own save, committed
