@@ -11,6 +11,8 @@ from typing import Dict, Iterator, Optional, Sequence, Union
 from torch.utils.data import DataLoader
 
 from ..errors import UserError
+from .elastic import reshard
+from .plan import Carry
 from .reader import MODES, ReaderConfig, ShardStream, ViewTransform, count_classes, expand_urls
 from .tarstream import SKIP_KINDS, Retry
 
@@ -50,6 +52,7 @@ class ShardLoader:
         self.cfg, self.epoch_batches, self.view_transform = cfg, epoch_batches, view_transform
         self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
         self._it = None
+        self.carry: Carry = {}  # epochs under way at an elastic resume: their remaining pieces (plan.py)
         self.set_epoch(0)
         if start_state is not None:
             self.load_state_dict(start_state)
@@ -58,7 +61,7 @@ class ShardLoader:
         """Start `epoch` from its beginning (finite mode: also the shard order's epoch)."""
         old = getattr(self, "workers", None)
         self.epoch, self.batches_in_epoch, self.next_worker, self._it = epoch, 0, 0, None
-        self.workers = [{"epoch": epoch, "consumed": 0, "skips": (old[w]["skips"] if old else {})}
+        self.workers = [{"epoch": epoch, "consumed": 0, "read": [], "skips": (old[w]["skips"] if old else {})}
                         for w in range(self.cfg.streams)]
 
     @property
@@ -86,14 +89,17 @@ class ShardLoader:
 
     def _loader(self, endless: bool = False) -> DataLoader:
         stream = ShardStream(self.cfg, [dict(w) for w in self.workers], self.next_worker, endless,
-                             self.view_transform)
+                             self.view_transform, self.carry)
         return DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers, pin_memory=self.pin_memory,
                           prefetch_factor=self.prefetch_factor if self.cfg.num_workers else None)
 
     def _advance(self, meta: Dict) -> None:
         """Record where the worker that made this item stands, and who is next."""
-        self.workers[meta["worker"]] = {k: meta[k] for k in ("epoch", "consumed", "skips")}
+        self.workers[meta["worker"]] = {k: meta[k] for k in ("epoch", "consumed", "read", "skips")}
         self.next_worker = (meta["worker"] + 1) % self.cfg.streams
+        if self.carry and min(self.carry) < meta["epoch"]:  # carried epochs every worker has left
+            low = min(w["epoch"] for w in self.workers)
+            self.carry = {e: pieces for e, pieces in self.carry.items() if e >= low}
 
     def __iter__(self) -> Iterator[Dict]:
         while self.epoch_batches is None or self.batches_in_epoch < self.epoch_batches:
@@ -121,7 +127,8 @@ class ShardLoader:
     def state_dict(self) -> Dict:
         return {"version": 1, "config": self._fingerprint(), "epoch": self.epoch,
                 "batches_in_epoch": self.batches_in_epoch, "next_worker": self.next_worker,
-                "workers": [dict(w, skips=dict(w["skips"])) for w in self.workers]}
+                "workers": [dict(w, skips=dict(w["skips"]), read=list(w.get("read", []))) for w in self.workers],
+                "carry": {e: [list(p) for p in pieces] for e, pieces in self.carry.items()}}
 
     def load_state_dict(self, state: Dict) -> None:
         if state.get("version") != 1 or "workers" not in state:
@@ -133,7 +140,14 @@ class ShardLoader:
                             "impossible: " + ", ".join(f"{k} was {a} now {b}" for k, (a, b) in mismatch.items()))
         self.epoch, self.batches_in_epoch = state["epoch"], state["batches_in_epoch"]
         self.next_worker, self.workers = state["next_worker"], [dict(w) for w in state["workers"]]
+        self.carry = {int(e): pieces for e, pieces in (state.get("carry") or {}).items()}
         self._it = None
+
+    def load_elastic(self, states: Sequence[Dict]) -> None:
+        """Continue from the states of every rank of a run with another world size or worker
+        count (in rank order): each sample of the epochs under way once (elastic.py)."""
+        state = reshard(self.cfg, list(states))
+        self.load_state_dict(dict(state, version=1, config=self._fingerprint()))
 
     def _fingerprint(self) -> Dict:
         cfg = asdict(self.cfg)

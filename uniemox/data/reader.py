@@ -5,7 +5,7 @@ Each DataLoader worker runs one `ShardStream` (the loader around it is loader.py
     shards of this epoch, rank and worker -> raw tar samples -> seeded shuffle buffer
     -> skip the samples already consumed (no decoding) -> decode + augment -> batch
 
-* split by node and worker: the epoch's shard order (a permutation seeded by
+* split by node and worker (plan.py): the epoch's shard order (a permutation seeded by
   (seed, epoch)) is cut as ``order[rank::world_size][worker::num_workers]``;
   ``resampled=True`` instead draws ceil(n / (world_size x workers)) shards with
   replacement per worker and epoch, and never ends (multi-epoch large runs).
@@ -15,12 +15,15 @@ Each DataLoader worker runs one `ShardStream` (the loader around it is loader.py
   DataLoader's round robin; `load_state_dict()` restarts every worker at its position
   (skipping raw bytes, not decoding) and rotates the workers so the next batch comes
   from the right one. The batches after a resume are those of an uninterrupted run,
-  given the same urls, seed, batch size, world size and worker count.
+  given the same urls, seed, batch size, world size and worker count. On another world size
+  or worker count, `ShardLoader.load_elastic()` hands out what the epochs under way had left
+  (elastic.py), each sample once.
+* the epoch's shards of a worker are pieces (plan.py): a shard less the positions already
+  consumed under another layout; every sample carries its ``epoch``.
 * damaged data (corrupt image, bad JSON, truncated tar) is skipped and counted
   (`loader.skipped`), logged at most every 10 s per worker.
 """
 import json
-import math
 import os
 import random
 from collections import Counter
@@ -39,7 +42,8 @@ from .prompts import build_prompt
 from .manifest import MANIFEST
 from .remote import parent, read_text
 from .sample_meta import check_meta
-from .tarstream import IMAGE_KEYS, RateLimitedLog, Retry, iter_shards, seeded_shuffle
+from .plan import Carry, Piece, epoch_pieces, sample_rng, shuffle_rng
+from .tarstream import IMAGE_KEYS, RateLimitedLog, Retry, iter_pieces, seeded_shuffle
 from .transforms import EvalTransform, TwoViewTransform, ViewAugment
 
 MODES = ("pretrain", "train", "eval")
@@ -144,23 +148,17 @@ class ShardStream(IterableDataset):
     """One deterministic stream per DataLoader worker (see module doc)."""
 
     def __init__(self, cfg: ReaderConfig, start: List[Dict], rotation: int, endless: bool = False,
-                 view_transform: Optional[ViewTransform] = None):
+                 view_transform: Optional[ViewTransform] = None, carry: Optional[Carry] = None):
         super().__init__()
-        self.cfg, self.start, self.rotation, self.endless = cfg, start, rotation, endless
+        self.cfg, self.start, self.rotation, self.endless, self.carry = cfg, start, rotation, endless, carry
         self.two_view = TwoViewTransform(cfg.image_size)
         self.single = view_transform or (ViewAugment(cfg.image_size) if cfg.mode == "train"
                                          else EvalTransform(cfg.image_size))
 
-    def shards(self, epoch: int, worker: int) -> List[str]:
-        cfg, urls = self.cfg, list(self.cfg.urls)
-        if cfg.resampled:
-            rng = random.Random(f"{cfg.seed}:shards:{epoch}:{cfg.rank}:{worker}")
-            return [rng.choice(urls) for _ in range(math.ceil(len(urls) / (cfg.world_size * cfg.streams)))]
-        if cfg.mode != "eval":
-            random.Random(f"{cfg.seed}:shards:{epoch}").shuffle(urls)
-        return urls[cfg.rank::cfg.world_size][worker::cfg.streams]
+    def pieces(self, epoch: int, worker: int) -> List[Piece]:
+        return epoch_pieces(self.cfg, epoch, worker, self.carry)
 
-    def make(self, sample: Dict, rng: random.Random, counters: Counter, warn) -> Optional[Dict]:
+    def make(self, sample: Dict, rng: random.Random, counters: Counter, warn, epoch: int = 0) -> Optional[Dict]:
         key = sample.get("__key__", "?")
         image_key = next((k for k in IMAGE_KEYS if k in sample), None)
         if image_key is None or "json" not in sample:
@@ -186,7 +184,7 @@ class ShardStream(IterableDataset):
             counters["corrupt_image"] += 1
             warn(f"sample {key}: corrupt image ({type(e).__name__}: {e})")
             return None
-        out = {"label": label, "key": key}
+        out = {"label": label, "key": key, "epoch": epoch}
         if self.cfg.mode == "pretrain":
             box = meta.get("person_box")
             if self.cfg.person_view:
@@ -226,7 +224,7 @@ class ShardStream(IterableDataset):
         warn = RateLimitedLog()
 
         def meta(consumed: int, final: bool = False) -> Dict:
-            return {"worker": worker, "epoch": epoch, "consumed": consumed,
+            return {"worker": worker, "epoch": epoch, "consumed": consumed, "read": list(read),
                     "skips": dict(counters), "final": final}
 
         batch: List[Dict] = []
@@ -234,10 +232,11 @@ class ShardStream(IterableDataset):
             # damaged shards met while fast-forwarding to a resume position were counted before the
             # resume (the counters are restored): shard events are kept only from that position on
             shard_events: Counter = Counter()
-            raw = iter_shards(self.shards(epoch, worker), shard_events, warn, cfg.retry)
+            read: List[int] = []  # samples given per piece: where the epoch stands, for elastic.py
+            pieces = self.pieces(epoch, worker)
+            raw = iter_pieces(cfg.urls, pieces, read, shard_events, warn, cfg.retry)
             if cfg.mode != "eval":
-                raw = seeded_shuffle(raw, cfg.shuffle_buffer,
-                                     random.Random(f"{cfg.seed}:shuffle:{epoch}:{cfg.rank}:{worker}"))
+                raw = seeded_shuffle(raw, cfg.shuffle_buffer, shuffle_rng(cfg, epoch, worker))
             index, made = -1, 0
             for index, sample in enumerate(raw):
                 if index >= skip:
@@ -245,8 +244,7 @@ class ShardStream(IterableDataset):
                 shard_events.clear()
                 if index < skip:
                     continue  # already consumed before the resume: no decoding
-                out = self.make(sample, random.Random(f"{cfg.seed}:{cfg.rank}:{worker}:{epoch}:{index}"),
-                                counters, warn)
+                out = self.make(sample, sample_rng(cfg, epoch, worker, index), counters, warn, epoch)
                 if out is None:
                     continue
                 made += 1
@@ -261,6 +259,6 @@ class ShardStream(IterableDataset):
                     yield self.collate(batch, meta(index + 1))
                 yield {"_meta": meta(index + 1, final=True)}  # last counters; not a batch
                 return
-            if made == 0 and skip == 0:
+            if made == 0 and skip == 0 and pieces and not (self.carry and epoch in self.carry):
                 raise UserError(f"worker {worker}: no readable sample in a whole pass over its shards")
             epoch, skip = epoch + 1, 0

@@ -11,7 +11,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List
+from typing import Dict, Iterable, Iterator, List, Sequence
 
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
@@ -135,3 +135,17 @@ def seeded_shuffle(samples: Iterable, bufsize: int, rng: random.Random) -> Itera
         yield sample
     rng.shuffle(buf)
     yield from buf
+
+
+def iter_pieces(urls: Sequence[str], pieces: Sequence, read: List[int], counters: Counter, warn: RateLimitedLog,
+                retry: Retry = Retry()) -> Iterator[Dict]:
+    """The samples of a worker's pieces (plan.py): each shard in file order less its excluded
+    positions (skipped without decoding). ``read`` gets one count per piece begun: the samples
+    given from it so far (elastic.py maps them back to shard positions)."""
+    for shard, excluded in pieces:
+        read.append(0)
+        skip = set(excluded)
+        for position, sample in enumerate(iter_shard(urls[shard], counters, warn, retry)):
+            if position not in skip:
+                read[-1] += 1
+                yield sample
