@@ -12,6 +12,7 @@
     python launch/benchmark.py loader --shards DIR --workers 0,4,8,16      # the loader's own ceiling
     python launch/benchmark.py memory --gpu-gib 80      # activations per sample, +/- checkpointing
     python launch/benchmark.py checkpoint --model uniemox_vit_large_patch16 --dir /shared/ckpt   # bytes, seconds
+    python launch/benchmark.py scaling --mfu 0.3 --target-hours 24   # a run's needs on paper (docs/scaling.md)
 
 Each run writes its results (benchmarks/results/ unless --out: JSON; step and loader also CSV
 and PNG) and prints a table.
@@ -25,6 +26,7 @@ from uniemox.bench import checkpoint as bench_checkpoint
 from uniemox.bench import kernels as bench_kernels
 from uniemox.bench import loader as bench_loader
 from uniemox.bench import memory as bench_memory
+from uniemox.bench import scaling as bench_scaling
 from uniemox.bench import step as bench_step
 from uniemox.errors import UserError
 
@@ -52,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "to save (DeepSpeed engine, optimizer state), disk bandwidth")
     bench_checkpoint.add_arguments(checkpoint)
     checkpoint.set_defaults(func=bench_checkpoint.run)
+    scaling = sub.add_parser("scaling", help="what pretraining needs (nodes, loader cores, storage bandwidth, "
+                                             "checkpoint interval, hours), derived from the measurements")
+    bench_scaling.add_arguments(scaling)
+    scaling.set_defaults(func=bench_scaling.run)
     return parser
 
 

@@ -259,3 +259,25 @@ def test_checkpoint_cost_is_the_saved_engine(tmp_path, precision, zero, per_para
     assert row["bytes_per_param"] == pytest.approx(per_param, abs=0.3)
     assert row["save_s"] > 0 and row["disk_write_mb_per_s"] > 0
     assert (tmp_path / "ckpt" / "latest").read_text() == "step_00000001"  # the trainer's own save, committed
+
+
+def test_scaling_on_paper_follows_its_formulas(tmp_path):
+    out = tmp_path / "scaling.json"
+    assert main(["scaling", "--datasets", "tiny=6000x5", "--model", "uniemox_vit_tiny_patch16", "--mfu", "0.5",
+                 "--peak-tflops", "0.001", "--gpus-per-node", "2", "--target-hours", "1", "--loader-rate", "10",
+                 "--image-kb", "100", "--write-mb-per-s", "1", "--node-mtbf-hours", "10", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    arch = get_arch("uniemox_vit_tiny_patch16")
+    with torch.device("meta"):
+        model = create_pretrainer("uniemox_vit_tiny_patch16", proj_dim=512)
+    flops = pretrainer_step_flops(model, arch, "ViT-B-16").per_sample
+    per_gpu = 0.5 * 1e9 / flops
+    assert row["images_per_s_per_gpu"] == pytest.approx(per_gpu)
+    assert row["gpu_hours"] == pytest.approx(30000 / per_gpu / 3600)
+    assert row["nodes"] == math.ceil(row["gpu_hours"] / 2) and row["hours"] == pytest.approx(row["gpu_hours"] / 2 / row["nodes"])
+    assert row["loader_cores_per_gpu"] == pytest.approx(per_gpu / 10)
+    assert row["read_mb_per_s_per_node"] == pytest.approx(per_gpu * 2 * 0.1)
+    ckpt = row["params_millions"] * 1e6 * 14
+    assert row["save_s"] == pytest.approx(ckpt / (row["nodes"] * 1e6))
+    assert row["checkpoint_every_min"] == pytest.approx(math.sqrt(2 * row["save_s"] * 36000 / row["nodes"]) / 60)
+    assert row["detection_core_hours"] == pytest.approx(6000 * 0.08 / 3600)

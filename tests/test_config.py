@@ -27,11 +27,18 @@ def test_defaults_yaml_and_overrides(tmp_path):
     ("optim.betas=[0.9]", "config key 'optim.betas': expected 2 values"),
     ("data.batch_size", "not of the form key=value"),
     ("model=3", "config key 'model': expected a section"),
+    ("optim.lr=fast", "config key 'optim.lr': expected float or null, got 'fast'"),
 ])
 def test_bad_keys_and_types_are_named(override, message):
     with pytest.raises(UserError) as err:
         load_config(PretrainConfig, None, [override])
     assert message in str(err.value)
+
+
+def test_exponents_without_a_dot_are_numbers():
+    """PyYAML reads 5e-4 as a string (YAML 1.1 wants 5.0e-4); a float key takes it as the number."""
+    cfg = load_config(PretrainConfig, None, ["optim.lr=5e-4", "optim.weight_decay=1E-2"])
+    assert cfg.optim.lr == 5e-4 and cfg.optim.weight_decay == 0.01
 
 
 def test_bad_yaml_file(tmp_path):

@@ -71,7 +71,8 @@ def load_restricted(path: str, allowed: Iterable[str] = (), mmap: bool = False, 
 
 
 def checkpoint_files(tag_path: str) -> Tuple[str, ...]:
-    return tuple(sorted(os.path.join(tag_path, f) for f in os.listdir(tag_path) if f.endswith(".pt")))
+    """Every .pt file under a checkpoint folder (a universal checkpoint has one folder per tensor)."""
+    return tuple(sorted(os.path.join(d, f) for d, _, files in os.walk(tag_path) for f in files if f.endswith(".pt")))
 
 
 def check_checkpoint_dir(tag_path: str) -> None:

@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Type, TypeVar, Union
 
@@ -57,7 +58,13 @@ def _check_range(value, spec, key: str) -> None:
 
 # -- dicts into dataclasses ------------------------------------------------------------------------
 def _type_name(tp) -> str:
+    if typing.get_origin(tp) is Union:
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+# YAML 1.1 (PyYAML) reads 5e-4 as a string: it wants a dot (5.0e-4); a config takes both
+_EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
 def _coerce(value: Any, tp, key: str) -> Any:
@@ -92,6 +99,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
             raise UserError(f"config key {key!r}: expected a section (mapping), got {value!r}")
         return from_dict(tp, value, prefix=key + ".")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
         return float(value)
     if tp is bool and not isinstance(value, bool):
         raise UserError(f"config key {key!r}: expected true/false, got {value!r}")

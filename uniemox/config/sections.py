@@ -50,6 +50,7 @@ class LogConfig:
     run_dir: str = "runs/pretrain"
     every: int = bounded(10, lo=1)            # console / TensorBoard / metrics.jsonl scalars
     progress: bool = True                     # a progress bar on rank 0
+    sample_keys: bool = False                 # samples/rank{r}.jsonl: the sample keys (and epochs) of every step
 
 
 @dataclass

@@ -6,6 +6,8 @@ Layout under ``<run_dir>/checkpoints``::
         trainer_rank{r}.pt    this rank's step, data position and RNG states (atomic write)
         COMPLETE              written by rank 0 after every rank finished (JSON)
     latest                    the newest complete tag (temp file + rename)
+    universal/step_00000500/  DeepSpeed's universal form of a checkpoint, for a resume on another
+                              world size (elastic.py); removed once a newer checkpoint is complete
 
 A process killed mid-save leaves a directory without COMPLETE: resuming skips it, and the
 next successful save purges it. Only the newest ``keep`` complete checkpoints are kept.
@@ -17,7 +19,7 @@ import random
 import re
 import shutil
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,6 +28,8 @@ import torch.distributed as dist
 from uniemox.errors import UserError
 from uniemox.io import atomic_save, atomic_write_json, atomic_write_text, read_json
 from uniemox.safeload import check_checkpoint_dir, load_restricted
+
+from .elastic import UNIVERSAL, convert_to_universal
 
 logger = logging.getLogger(__name__)
 _TAG = re.compile(r"^step_(\d{8})$")
@@ -156,6 +160,12 @@ class Checkpointer:
         for name in os.listdir(self.root):  # incomplete leftovers older than the newest complete
             if _TAG.match(name) and name < keep_tag and name not in complete:
                 shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+        universal = os.path.join(self.root, UNIVERSAL)
+        for name in os.listdir(universal) if os.path.isdir(universal) else ():
+            if _TAG.match(name) and name < keep_tag:  # the run has gone on from it
+                shutil.rmtree(os.path.join(universal, name), ignore_errors=True)
+        if os.path.isdir(universal) and not any(_TAG.match(n) for n in os.listdir(universal)):
+            shutil.rmtree(universal, ignore_errors=True)
 
     def load(self, engine, tag_path: str) -> Dict[str, Any]:
         """Restore the engine and this rank's trainer state; RNG states are set here."""
@@ -173,6 +183,31 @@ class Checkpointer:
         set_rng_state(state["rng"])
         logger.info("resumed from %s at step %d", tag_path, state["step"])
         return state
+
+    def load_elastic(self, engine, plan) -> Tuple[Dict[str, Any], List[Dict]]:
+        """Collective. Restore the engine from a checkpoint of another world size (``plan``: an
+        ElasticResume; universal form made first where it is partitioned) -> (the trainer state
+        this rank continues from: its old rank's, or rank 0's for a new rank; every old rank's
+        data state, in rank order)."""
+        check_checkpoint_dir(plan.checkpoint)
+        convert_to_universal(plan, self.rank)
+        if plan.universal:
+            check_checkpoint_dir(plan.universal)
+        load_dir, tag = plan.load_dir_and_tag
+        loaded, _ = engine.load_checkpoint(load_dir, tag=tag, load_module_strict=True)
+        if loaded is None:
+            raise UserError(f"DeepSpeed could not load checkpoint {plan.universal or plan.checkpoint}")
+        states = [load_restricted(os.path.join(plan.checkpoint, f"trainer_rank{r}.pt"))
+                  for r in range(plan.saved_world)]
+        own = states[self.rank] if self.rank < len(states) else states[0]
+        if self.rank < len(states):
+            set_rng_state(own["rng"])
+        if self.rank == 0:
+            logger.info("resumed from %s at step %d on %d rank(s), written by %d (%s; global batch kept with "
+                        "optim.grad_accum=%d)", plan.checkpoint, own["step"], self.world_size, plan.saved_world,
+                        "DeepSpeed universal checkpoint " + plan.universal if plan.universal else "ZeRO-0, loaded whole",
+                        plan.grad_accum)
+        return own, [s["data"] for s in states]
 
 
 def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:

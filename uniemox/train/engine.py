@@ -11,7 +11,7 @@ import os
 import sys
 import socket
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -115,17 +115,34 @@ def _check_structure(ds: Any, path: str) -> None:
         raise UserError(f"DeepSpeed config {path}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
 
 
+def read_ds_config(path: str) -> Dict[str, Any]:
+    """The DeepSpeed JSON at ``path``, its structure checked (one line per mistake)."""
+    ds = read_json(path, "DeepSpeed config")
+    _check_structure(ds, path)
+    return ds
+
+
 def build_ds_config(path: str, *, micro_batch: int, grad_accum: int, world_size: int,
-                    grad_clip: float, precision: str, single_rank_stage0: bool = False) -> Dict[str, Any]:
+                    grad_clip: float, precision: str, single_rank_stage0: bool = False,
+                    resumed_stages: Optional[Tuple[int, int]] = None, load_universal: bool = False) -> Dict[str, Any]:
     """The DeepSpeed JSON at ``path`` completed from the run config. ``single_rank_stage0``: a
     one-rank run of ZeRO-1/2 (optimizer state not offloaded) runs as ZeRO-0: with nothing to
     partition, the stages compute the same update, but ZeRO-1/2 still copy every gradient into
     their buckets and partitions (ZeRO-2 on one CPU rank: 0.73x a plain PyTorch step; ZeRO-0:
-    0.94x, before the other savings; the sample run, 2-core CPU)."""
-    ds = read_json(path, "DeepSpeed config")
-    _check_structure(ds, path)
+    0.94x, before the other savings; the sample run, 2-core CPU). ``resumed_stages``: the JSON's
+    and the run's ZeRO stage of the checkpoint being resumed; written from this JSON's stage, the
+    run keeps the checkpoint's (a ZeRO-2 run continued on one rank stays ZeRO-2; a one-rank ZeRO-0
+    run continued on more ranks stays ZeRO-0). ``load_universal``: DeepSpeed loads a universal
+    checkpoint (elastic.py)."""
+    ds = read_ds_config(path)
     stage = zero_stage(ds)
-    if single_rank_stage0 and world_size == 1 and stage in (1, 2) and not offloads_optimizer(ds):
+    if load_universal:
+        ds["checkpoint"] = dict(ds.get("checkpoint", {}), load_universal=True)
+    if resumed_stages is not None and resumed_stages[0] == stage:
+        if resumed_stages[1] != stage:
+            logger.info("ZeRO-%d as the checkpoint ran (the JSON says %d)", resumed_stages[1], stage)
+        ds["zero_optimization"] = dict(ds.get("zero_optimization", {}), stage=resumed_stages[1])
+    elif single_rank_stage0 and world_size == 1 and stage in (1, 2) and not offloads_optimizer(ds):
         ds["zero_optimization"] = dict(ds["zero_optimization"], stage=0)
         logger.info("one rank: ZeRO-%d runs as ZeRO-0 (the same update without partition copies; "
                     "train.single_rank_stage0=false keeps stage %d)", stage, stage)

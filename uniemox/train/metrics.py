@@ -6,6 +6,7 @@ the time spent waiting for the next batch over the whole step time.
 import json
 import logging
 import os
+import re
 import time
 from typing import Dict, Optional
 
@@ -113,6 +114,39 @@ class MetricsWriter:
             self.tb.close()
             self.jsonl.close()
             self.tb = None
+
+
+class SampleLog:
+    """``samples/rank{r}.jsonl`` (``log.sample_keys``): which samples every micro-batch of this
+    rank held, ``{"step", "micro", "keys", "epochs"}`` per line, to audit the data order (each
+    sample once per epoch, across resumes). Cut back to the resume step like metrics.jsonl; rank
+    0 also cuts the logs of ranks a resume on fewer ranks left behind."""
+
+    def __init__(self, run_dir: str, rank: int, world: int, start_step: int, enabled: bool):
+        self.file = None
+        if enabled:
+            folder = os.path.join(run_dir, "samples")
+            os.makedirs(folder, exist_ok=True)
+            if rank == 0:
+                for name in os.listdir(folder):
+                    match = re.fullmatch(r"rank(\d+)\.jsonl", name)
+                    if match and int(match.group(1)) >= world:
+                        _truncate_jsonl(os.path.join(folder, name), start_step)
+            path = os.path.join(folder, f"rank{rank}.jsonl")
+            _truncate_jsonl(path, start_step)
+            self.file = open(path, "a", encoding="utf-8")
+
+    def write(self, step: int, micro: int, batch: Dict) -> None:
+        if self.file:
+            epochs = batch.get("epoch")
+            self.file.write(json.dumps({"step": step, "micro": micro, "keys": list(batch["key"]),
+                                        "epochs": epochs.tolist() if epochs is not None else None}) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+            self.file = None
 
 
 def _truncate_jsonl(path: str, last_step: int) -> None:

@@ -21,9 +21,10 @@ from uniemox.errors import UserError
 
 from . import hooks
 from .checkpoint import Checkpointer, complete_tags, find_resume, read_marker, resume_conflicts
-from .engine import build_ds_config, build_engine, zero_stage
+from .elastic import plan_elastic
+from .engine import build_ds_config, build_engine, read_ds_config, zero_stage
 from .guard import NonFiniteGuard, NonFiniteHalt
-from .metrics import MetricsWriter, device_peak_flops
+from .metrics import MetricsWriter, SampleLog, device_peak_flops
 from .reporting import Reporter
 from .run import start_run
 from .schedule import lr_at, plan_steps, set_lr
@@ -36,21 +37,29 @@ class Trainer:
     def __init__(self, cfg, task_cls, deepspeed_config: str):
         self.cfg = cfg
         self.run = run = start_run(cfg)
+        ckpt_root = os.path.join(run.run_dir, "checkpoints")
+        self.resume_from = find_resume(ckpt_root, cfg.checkpoint.resume)
+        marker = read_marker(self.resume_from) if self.resume_from else {}
+        self.elastic = plan_elastic(self.resume_from, marker, run.world, cfg.data.batch_size) if marker else None
+        if self.elastic:  # another world size: the global batch stays (elastic.py)
+            cfg.optim.grad_accum = self.elastic.grad_accum
         self.task = task = task_cls(cfg, run)
         self.loader = task.build_data()
         model = task.build_model()
         self.plan = plan_steps(cfg.optim, cfg.data.batch_size, run.world, task.epoch_samples)
+        self.config_stage = zero_stage(read_ds_config(deepspeed_config))
+        resumed_stages = (marker["zero_stage_config"], marker["zero_stage"]) if "zero_stage_config" in marker else None
         self.ds = build_ds_config(deepspeed_config, micro_batch=cfg.data.batch_size, grad_accum=cfg.optim.grad_accum,
                                   world_size=run.world, grad_clip=cfg.optim.grad_clip, precision=run.precision,
-                                  single_rank_stage0=cfg.train.single_rank_stage0)
+                                  single_rank_stage0=cfg.train.single_rank_stage0, resumed_stages=resumed_stages,
+                                  load_universal=bool(self.elastic and self.elastic.universal))
         optimizer = task.build_optimizer(task.param_groups(model), self.plan.base_lr, self.ds)
         self.engine, self.optimizer = build_engine(model, optimizer, self.ds)
         task.before_training(self.engine)
 
         self.eval_every = task.eval_every(self.plan)
         ckpt_every = cfg.checkpoint.every or self.eval_every or self.plan.steps_per_epoch or 0
-        self.checkpointer = Checkpointer(os.path.join(run.run_dir, "checkpoints"), cfg.checkpoint.keep, run.rank,
-                                         run.world, every=ckpt_every)
+        self.checkpointer = Checkpointer(ckpt_root, cfg.checkpoint.keep, run.rank, run.world, every=ckpt_every)
         self.guard = NonFiniteGuard(cfg.train.max_nonfinite, run.device)
         self.step = 0
         self.step_end_callbacks = []
@@ -71,6 +80,7 @@ class Trainer:
                     asked = time.perf_counter()
                     batch = next(batches)
                     self.reporter.batch(batch["key"], time.perf_counter() - asked)
+                    self.samples.write(self.step + 1, micro, batch)
                     ctx = task.context(self.step, micro)
                     result = guarded_micro_step(engine, lambda: task.training_forward(engine, batch, ctx),
                                                 guard.one, guard.zero)
@@ -89,32 +99,40 @@ class Trainer:
         except NonFiniteHalt:
             self.reporter.close_progress()  # the last good checkpoint stays the newest one
             self.writer.close()
+            self.samples.close()
             raise
         last = self.save()
         self.reporter.close_progress()
         task.finish(engine, self.step, last, self.guard.total)
         self.writer.close()
+        self.samples.close()
 
     # -- its parts, in the order they act ------------------------------------------------------------
     def record(self) -> Dict:
-        """What a checkpoint's marker says of the run: its config, task and ZeRO stage."""
-        return {"config": to_dict(self.cfg), "task": type(self.task).__name__, "zero_stage": zero_stage(self.ds)}
+        """What a checkpoint's marker says of the run: its config, task and ZeRO stage (as run, and
+        as the DeepSpeed JSON gave it)."""
+        return {"config": to_dict(self.cfg), "task": type(self.task).__name__, "zero_stage": zero_stage(self.ds),
+                "zero_stage_config": self.config_stage}
 
     def resume(self) -> None:
         """Continue from ``checkpoint.resume`` (auto: the newest complete checkpoint, if any), once
-        the checkpoint is known to fit this run; a fresh run never starts over a run dir's
-        checkpoints. The run's config.yaml (its record) is written only then."""
-        root, task = self.checkpointer.root, self.task
-        path = find_resume(root, self.cfg.checkpoint.resume)
+        the checkpoint is known to fit this run; on another world size through elastic.py. A
+        fresh run never starts over a run dir's checkpoints. The run's config.yaml (its record)
+        is written only then."""
+        root, task, path = self.checkpointer.root, self.task, self.resume_from
         if path:
             conflicts = resume_conflicts(read_marker(path), self.record(), task.resume_must_match,
                                          task.resume_may_differ)
             if conflicts:
                 raise UserError(f"cannot resume from {path}: it was written with another configuration "
                                 f"({'; '.join(conflicts)}); resume with its settings, or start a new --run-dir")
-            state = self.checkpointer.load(self.engine, path)
+            if self.elastic:
+                state, data_states = self.checkpointer.load_elastic(self.engine, self.elastic)
+                self.loader.load_elastic(data_states)
+            else:
+                state = self.checkpointer.load(self.engine, path)
+                self.loader.load_state_dict(state["data"])
             self.step, self.guard.base = state["step"], state.get("skipped_steps", 0)
-            self.loader.load_state_dict(state["data"])
             task.load_state_dict(state)
         elif complete_tags(root):
             raise UserError(f"{self.run.run_dir} already holds a run (checkpoint {complete_tags(root)[-1]}): "
@@ -125,6 +143,7 @@ class Trainer:
     def start_report(self) -> None:
         run, plan, task = self.run, self.plan, self.task
         self.writer = MetricsWriter(run.run_dir if run.rank == 0 else None, start_step=self.step)
+        self.samples = SampleLog(run.run_dir, run.rank, run.world, self.step, self.cfg.log.sample_keys)
         task.writer = self.writer
         progress = task.name if run.rank == 0 and self.cfg.log.progress else None
         self.reporter = Reporter(self.writer, self.cfg.log.every, plan.total_steps, task.report_first_step,
