@@ -40,8 +40,8 @@ class FinetuneEma:
         """After optimizer step ``step`` (1-based): no read back to the host."""
         self.ema.update(self.source, step=step)
 
-    def state_dict(self, rank: int) -> Optional[Dict[str, torch.Tensor]]:
-        return self.ema.module.state_dict() if rank == 0 else None
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return self.ema.module.state_dict()
 
     def load_state_dict(self, state: Optional[Dict[str, torch.Tensor]], world: int) -> None:
         """Collective: rank 0 loads its checkpointed EMA, the others receive it."""

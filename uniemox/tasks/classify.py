@@ -253,8 +253,8 @@ class ClassifyTask(Task):
 
     def state_dict(self):
         state = {"best": self.best}
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict(self.run.rank)  # rank 0's; the others get it on resume
+        if self.ema is not None and self.run.rank == 0:
+            state["ema"] = self.ema.state_dict()  # one copy: the other ranks get it on resume
         return state
 
     def load_state_dict(self, state):
