@@ -12,6 +12,7 @@ import pytest
 import timm
 import torch
 from subprocesses import child_env
+from test_finetune_run import FINETUNE, ok, run
 
 import uniemox.models.timm_models  # noqa: F401  (registers the architectures with timm)
 from uniemox.errors import UserError
@@ -20,7 +21,6 @@ from uniemox.finetune.probe_grid import GridBest, grid_groups, grid_heads, scale
 from uniemox.models import create_encoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FINETUNE = os.path.join(REPO, "launch", "finetune.py")
 NAME, TINY = "uniemox_vit_tiny_patch16", {"img_size": 32, "depth": 2}
 RUN = ["model.arch={img_size: 32, depth: 2}", "data.batch_size=16", "data.eval_batch_size=128", "data.num_workers=1",
        "log.every=1", "log.progress=false", "optim.max_steps=16", "optim.warmup_steps=2", "eval.every=8",
@@ -83,18 +83,13 @@ def test_each_head_keeps_its_best_validation_weights():
 
 
 def _run(args, run_dir):
-    proc = subprocess.run([sys.executable, FINETUNE] + args + RUN + ["--run-dir", str(run_dir)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600, env=child_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return ok(run(FINETUNE, args + RUN + ["--run-dir", str(run_dir)], timeout=600))
 
 
 def _metrics(run_dir):
-    rows = {}
-    for line in open(os.path.join(run_dir, "metrics.jsonl")):
-        row = json.loads(line)
-        rows.setdefault(row["step"], {}).update(row)
-    return rows
+    """{step: every scalar logged at that step}."""
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    return {step: {k: v for r in rows if r["step"] == step for k, v in r.items()} for step in {r["step"] for r in rows}}
 
 
 def test_grid_run_chooses_on_validation_reports_every_head_and_trains_each_as_alone(tmp_path):

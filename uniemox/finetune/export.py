@@ -37,11 +37,16 @@ def classifier_card(cfg, classes: Sequence[str], meta: Dict, test: Optional[Dict
             "config": to_dict(cfg)}
 
 
-def write_classifier(state: Dict, out_dir: str, cfg, classes: Sequence[str], pool: str, meta: Dict) -> None:
+def write_classifier(state: Dict, out_dir: str, cfg, classes: Sequence[str], multi_label: bool, probe: bool,
+                     step: int, metrics: Optional[Dict], **meta) -> None:
+    """``out_dir`` in timm's hub layout; ``meta`` (recipe, weights, ...) goes into config.json's
+    uniemox section beside the step, task, init and validation scores."""
     from uniemox.models.timm_models import write_export
 
-    write_export(state, out_dir, cfg.model.name, dict(cfg.model.arch), len(classes), pool, classes, meta,
-                 card=classifier_card(cfg, classes, meta))
+    meta = dict({"step": step, "task": "multi_label" if multi_label else "single_label", "init": cfg.model.init,
+                 "val": headline(metrics)}, **meta)
+    write_export(state, out_dir, cfg.model.name, dict(cfg.model.arch), len(classes),
+                 "token" if probe else cfg.model.global_pool, classes, meta, card=classifier_card(cfg, classes, meta))
 
 
 def add_test_to_card(out_dir: str, cfg, classes: Sequence[str], test: Dict) -> None:

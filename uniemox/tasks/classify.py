@@ -51,7 +51,7 @@ class ClassifyTask(Task):
         self.name = "linear probe" if self.probe else "fine-tune"
         self.best = {"metric": float("-inf"), "step": None, "weights": "raw"}
         self.ema = None
-        self.eval_dir, self.best_dir = os.path.join(run.run_dir, "eval"), os.path.join(run.run_dir, "best")
+        self.best_dir = os.path.join(run.run_dir, "best")
 
     def describe(self) -> str:
         frac = self.data.fraction
@@ -63,6 +63,7 @@ class ClassifyTask(Task):
     def build_data(self):
         from uniemox.finetune.augment import FinetuneAugment
         from uniemox.finetune.data import prepare_data
+        from uniemox.finetune.scoring import SplitScorer
         from uniemox.models import get_arch
 
         cfg, run = self.cfg, self.run
@@ -73,14 +74,12 @@ class ClassifyTask(Task):
             sample_root=None if cfg.data.path else ensure_sample_shards(rank=run.rank))
         self.classes, self.multi = data.classes, data.multi_label
         self.image_size = get_arch(cfg.model.name, **cfg.model.arch).img_size
+        self.scorer = SplitScorer(cfg, run, self.classes, self.multi, self.image_size)
         augment = FinetuneAugment(self.image_size, cfg.aug.train_scale, cfg.aug.rand_augment)
         return build_labeled_loader(data.train, cfg.data.batch_size, cfg.data.num_workers, self.image_size,
                                     train=True, shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.data.seed,
-                                    rank=run.rank, world_size=run.world, num_classes=self._targets(),
+                                    rank=run.rank, world_size=run.world, num_classes=len(self.classes) if self.multi else None,
                                     view_transform=augment, pin_memory=run.pinned, class_count=len(self.classes))
-
-    def _targets(self):
-        return len(self.classes) if self.multi else None
 
     def epoch_samples(self):
         return self.data.train_count
@@ -166,39 +165,6 @@ class ClassifyTask(Task):
         per_epoch = max(1, self.data.train_count // plan.global_batch)
         return (self.cfg.eval.every or per_epoch) if self.data.val else None
 
-    def predict(self, forward, urls):
-        """(every rank's predictions gathered, the damaged samples skipped): collective."""
-        from uniemox.eval.evaluate import gather, predict_loader, sum_counts
-
-        cfg, run = self.cfg, self.run
-        loader = build_labeled_loader(urls, cfg.data.eval_batch_size or cfg.data.batch_size, cfg.data.num_workers,
-                                      self.image_size, train=False, rank=run.rank, world_size=run.world,
-                                      num_classes=self._targets(), pin_memory=run.pinned,
-                                      class_count=len(self.classes))
-        pred = gather(predict_loader(forward, loader, run.device, self.multi))
-        return pred, sum_counts(loader.skip_counts)  # collective, as gather: every rank calls it
-
-    def report(self, pred, skipped, name: str, tag: str, step: int, rows: bool = False) -> Dict:
-        """Rank 0: the metrics of ``pred``, written as a report (eval/NAME.*, TensorBoard under TAG/)."""
-        from uniemox.eval.report import write_report
-
-        metrics = dict(pred.metrics(self.classes, self.multi), skipped=skipped)
-        write_report(metrics, self.eval_dir, name, self.writer, step, tag=tag, echo=not self.cfg.log.progress,
-                     predictions=pred.rows(self.classes, self.cfg.eval.top_k, self.multi) if rows else None)
-        return metrics
-
-    def _score(self, forward, urls, name: str, tag: str, step: int, rows: bool = False):
-        """Predictions of every rank gathered; rank 0 writes the report -> its metrics (None elsewhere)."""
-        pred, skipped = self.predict(forward, urls)
-        return self.report(pred, skipped, name, tag, step, rows) if self.run.rank == 0 else None
-
-    def shared(self, value: float) -> float:
-        """Rank 0's number on every rank."""
-        value = torch.tensor([value if self.run.rank == 0 else 0.0], dtype=torch.float64)
-        if self.run.world > 1:
-            torch.distributed.broadcast(value, 0)
-        return float(value)
-
     def _validate(self, module, dtype, step: int, weights: str):
         """(primary score on every rank, metrics on rank 0) of one set of weights on val."""
         from uniemox.eval.metrics import primary
@@ -206,9 +172,10 @@ class ClassifyTask(Task):
         tag = "val" if weights == "raw" else f"val_{weights}"
         training = module.training
         module.eval()
-        metrics = self._score(lambda x: module(x.to(dtype)), self.data.val, f"{tag}_step_{step:08d}", tag, step)
+        metrics = self.scorer.score(lambda x: module(x.to(dtype)), self.data.val, f"{tag}_step_{step:08d}", tag, step,
+                                    self.writer)
         module.train(training)
-        return self.shared(primary(metrics) if metrics else 0.0), metrics
+        return self.scorer.shared(primary(metrics) if metrics else 0.0), metrics
 
     def evaluate(self, engine, step):
         """The trained weights, and their EMA beside them (kept in fp32); the better one of the two,
@@ -239,15 +206,11 @@ class ClassifyTask(Task):
 
     def export_best(self, state, step: int, metrics, recipe: Optional[str] = None, **meta) -> None:
         """best/ in timm's hub layout, written by rank 0 (every rank calls it)."""
-        from uniemox.finetune.export import headline, write_classifier
+        from uniemox.finetune.export import write_classifier
 
-        cfg = self.cfg
         if self.run.rank == 0:
-            meta = dict({"step": step, "task": "multi_label" if self.multi else "single_label",
-                         "recipe": recipe or ("linear_probe" if self.probe else "finetune"), "init": cfg.model.init,
-                         "val": headline(metrics)}, **meta)
-            write_classifier(state, self.best_dir, cfg, self.classes, "token" if self.probe else cfg.model.global_pool,
-                             meta)
+            write_classifier(state, self.best_dir, self.cfg, self.classes, self.multi, self.probe, step, metrics,
+                             recipe=recipe or ("linear_probe" if self.probe else "finetune"), **meta)
         if self.run.world > 1:
             torch.distributed.barrier()
 
@@ -276,7 +239,8 @@ class ClassifyTask(Task):
         test = None
         if self.data.test:  # scored with the best weights, loaded back through timm
             best_model, _ = create_from_export(self.best_dir)
-            test = self._score(best_model.to(run.device), self.data.test, "test", "test", step, rows=True)
+            test = self.scorer.score(best_model.to(run.device), self.data.test, "test", "test", step, self.writer,
+                                     rows=True)
         if run.rank != 0:
             return
         if test is not None:
@@ -285,7 +249,7 @@ class ClassifyTask(Task):
         print(f"done: {step} steps, {skipped_steps} skipped; best val {headline} {self.best['metric']:.4f} at step "
               f"{self.best['step']} ({self.best['weights']} weights)" if self.best["step"] else f"done: {step} steps")
         if test is not None:
-            print(f"  test {headline}: {test[headline]:.4f}  ({os.path.join(self.eval_dir, 'test.json')})")
+            print(f"  test {headline}: {test[headline]:.4f}  ({os.path.join(self.scorer.eval_dir, 'test.json')})")
         print(f"  best model:  {self.best_dir}  (timm.create_model('local-dir:{self.best_dir}', pretrained=True); "
               f"model card {os.path.join(self.best_dir, 'README.md')})\n"
               f"  checkpoint:  {last_checkpoint}\n  TensorBoard: tensorboard --logdir "

@@ -5,7 +5,6 @@ head with the best validation score is the run's choice: best/ (timm's layout, t
 folded), scored on test; every head's best weights are scored on test too, for the grid's report
 (eval/probe_grid.json, .csv, .png). Selection never looks at test."""
 import logging
-import os
 
 import torch
 
@@ -74,17 +73,17 @@ class ProbeGridTask(ClassifyTask):
 
         module, rank = engine.module, self.run.rank
         module.eval()
-        pred, skipped = self.predict(lambda x: module(x.to(self.run.dtype)), self.data.val)
+        pred, skipped = self.scorer.predict(lambda x: module(x.to(self.run.dtype)), self.data.val)
         module.train()
         state = fp32_module_state(engine)  # collective under ZeRO-3
         values = [primary(pred.head(h.index).metrics(self.classes, self.multi)) if rank == 0 else 0.0
                   for h in self.heads]
-        values = [self.shared(v) for v in values]
+        values = [self.scorer.shared(v) for v in values]
         self.grid.update(values, step, state)
         top = max(range(len(values)), key=lambda i: (values[i], -i))
         metrics = None
         if rank == 0:
-            metrics = self.report(pred.head(top), skipped, f"val_step_{step:08d}", "val", step)
+            metrics = self.scorer.report(pred.head(top), skipped, f"val_step_{step:08d}", "val", step, self.writer)
             self.writer.scalars({f"probe_grid/val_{h.label}": values[h.index] for h in self.heads}, step)
         if values[top] > self.best["metric"]:
             head = self.heads[top]
@@ -120,7 +119,7 @@ class ProbeGridTask(ClassifyTask):
             best = ProbeGrid(engine.module.encoder, len(self.classes), len(self.heads)).to(self.run.device).eval()
             best.load_state_dict(self.grid.grid_state())
             best.autocast_dtype = engine.module.autocast_dtype
-            pred, _ = self.predict(best, self.data.test)
+            pred, _ = self.scorer.predict(best, self.data.test)
             if self.run.rank == 0:
                 from uniemox.eval.metrics import primary
 
@@ -132,6 +131,6 @@ class ProbeGridTask(ClassifyTask):
 
         for row in rows:
             row["chosen"] = row["index"] == self.best["head"]
-        paths = write_grid_report(rows, self.eval_dir, self.metric, {"chosen": self.best["head"], "step": step})
+        paths = write_grid_report(rows, self.scorer.eval_dir, self.metric, {"chosen": self.best["head"], "step": step})
         print(f"probe grid ({len(rows)} heads; chosen on val: {self.heads[self.best['head']].label})\n"
               f"{markdown_table(rows, self.metric)}\n  report: {paths['json']}, {paths['csv']}, {paths['png']}")
