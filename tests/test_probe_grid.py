@@ -82,8 +82,8 @@ def test_each_head_keeps_its_best_validation_weights():
     assert [best.grid_state()[f"heads.{i}.1.weight"][0, 0] for i in range(3)] == [10.0, 1.0, 12.0]
 
 
-def _run(args, run_dir):
-    return ok(run(FINETUNE, args + RUN + ["--run-dir", str(run_dir)], timeout=600))
+def _run(args, run_dir, env=None):
+    return run(FINETUNE, args + RUN + ["--run-dir", str(run_dir)], env=env, timeout=600)
 
 
 def _metrics(run_dir):
@@ -93,8 +93,9 @@ def _metrics(run_dir):
 
 
 def test_grid_run_chooses_on_validation_reports_every_head_and_trains_each_as_alone(tmp_path):
-    grid_dir, single_dir = tmp_path / "grid", tmp_path / "single"
-    proc = _run(["--probe-grid", "probe.blrs=[0.02, 2.0, 200.0]", "probe.weight_decays=[0.0, 0.5]"], grid_dir)
+    grid_dir, single_dir, killed_dir = tmp_path / "grid", tmp_path / "single", tmp_path / "killed"
+    grid = ["--probe-grid", "probe.blrs=[0.02, 2.0, 200.0]", "probe.weight_decays=[0.0, 0.5]"]
+    proc = ok(_run(grid, grid_dir))
     report = json.loads((grid_dir / "eval" / "probe_grid.json").read_text())
     heads = report["heads"]
     assert [(h["blr"], h["weight_decay"]) for h in heads] == [(b, w) for w in (0.0, 0.5) for b in (0.02, 2.0, 200.0)]
@@ -119,12 +120,17 @@ def test_grid_run_chooses_on_validation_reports_every_head_and_trains_each_as_al
     assert model.num_classes == 8 and model.global_pool == "token"
 
     # the head (blr 2, wd 0) is trained as the single probe with blr 2: same losses, same val scores
-    _run(["--linear-probe", "optim.blr=2.0"], single_dir)
+    ok(_run(["--linear-probe", "optim.blr=2.0"], single_dir))
     g, s = _metrics(grid_dir), _metrics(single_dir)
     for step in range(1, 17):
         assert g[step]["probe_loss/blr2_wd0"] == pytest.approx(s[step]["loss/train"], rel=1e-5), step
     for step in (8, 16):
         assert g[step]["probe_grid/val_blr2_wd0"] == s[step]["val/top1"], step
+
+    # killed after step 12, resumed from step 8: every head's record comes back, the same report
+    assert _run(grid, killed_dir, env={"UNIEMOX_FAULT": "kill@step:12"}).returncode == -9
+    ok(_run(grid + ["--resume", "auto"], killed_dir))
+    assert json.loads((killed_dir / "eval" / "probe_grid.json").read_text()) == report
 
 
 def test_a_grid_that_cannot_work_is_one_line(tmp_path):

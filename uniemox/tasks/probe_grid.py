@@ -40,6 +40,12 @@ class ProbeGridTask(ClassifyTask):
         return (f"{super().describe()}; {len(self.heads)} probe heads: blr {list(self.cfg.probe.blrs)} x "
                 f"weight decay {list(self.cfg.probe.weight_decays)}")
 
+    def build_data(self):
+        loader = super().build_data()
+        if not self.data.val:
+            raise UserError("the probe grid chooses its head on validation: data.val_split must name a split")
+        return loader
+
     def build_model(self):
         from uniemox.finetune.heads import ProbeGrid
 
@@ -110,8 +116,6 @@ class ProbeGridTask(ClassifyTask):
     # -- the end: the chosen head on test (best/, through timm), the whole grid's table -------------------
     def finish(self, engine, step, last_checkpoint, skipped_steps):
         super().finish(engine, step, last_checkpoint, skipped_steps)
-        if self.best["head"] is None:  # no validation: nothing was chosen
-            return
         rows = self.grid.rows(self.heads, self.metric)
         if self.data.test:
             from uniemox.finetune.heads import ProbeGrid
