@@ -7,7 +7,7 @@ measured results and the training config they came from.
     name          the card's title and the Hub name in its usage lines (default: the folder's name)
     description   one paragraph
     details       {name: value} shown under "Model Details" (timm's layout)
-    results       {split: {metric: value}}, e.g. {"val": {"top1": 0.98}, "test": {...}}
+    results       {row: {metric: value}}, e.g. {"val": {"top1": 0.98}, "test": {...}}
     results_note  one line under the results table (which weights, which step)
     config        the run config (a dict) the weights were trained with, shown as YAML
 """
@@ -23,8 +23,9 @@ _COLUMNS = ("top1", "top3", "macro_f1", "balanced_accuracy", "mAP", "num_samples
 
 
 def _results_table(results: Dict[str, Dict]) -> str:
-    columns = [c for c in _COLUMNS if any(c in row for row in results.values())]
-    lines = ["| split | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    seen = [k for row in results.values() for k in row]
+    columns = [c for c in _COLUMNS if c in seen] + [k for k in dict.fromkeys(seen) if k not in _COLUMNS]
+    lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for split, row in results.items():
         cells = [row.get(c) for c in columns]
         lines.append(f"| {split} | " + " | ".join("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)

@@ -182,6 +182,22 @@ def export_pretrained(src: str, out_dir: str) -> Dict[str, str]:
     card = {"description": "A UniEmoX pretrained encoder (MAE + CLIP-teacher distillation), no head: its "
                            "output is the final-normed CLS token, the one pretraining distils.",
             "details": {"Model Type": "image feature backbone", "Source": os.path.abspath(src)},
-            "config": run_config}
+            "results": _pretraining_losses(src), "results_note": "The pretraining run's losses at the exported "
+                                                               "step (its metrics.jsonl).", "config": run_config}
     return write_export(encoder.state_dict(), out_dir, model_cfg["name"], model_cfg.get("arch") or {}, 0, "token",
                         extra={"source": os.path.abspath(src), "kind": "pretrained encoder"}, card=card)
+
+
+def _pretraining_losses(src: str) -> Dict[str, Dict[str, float]]:
+    """The losses the pretraining run logged at the exported checkpoint's step, when its run dir
+    (RUN_DIR/checkpoints/step_N, the export's source) still holds metrics.jsonl; else nothing."""
+    try:
+        with open(os.path.join(src, CONFIG), encoding="utf-8") as f:
+            source = json.load(f).get("source") or ""
+        step = int(os.path.basename(source.rstrip("/")).rsplit("_", 1)[-1])
+        with open(os.path.join(os.path.dirname(os.path.dirname(source.rstrip("/"))), "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError, AttributeError):
+        return {}
+    losses = {k: v for row in rows if row.get("step") == step for k, v in row.items() if k.startswith("loss/")}
+    return {f"pretraining, step {step}": losses} if losses else {}
