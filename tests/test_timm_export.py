@@ -101,7 +101,11 @@ def test_pretrained_encoder_export_gives_the_distilled_cls_features(tmp_path):
     src.mkdir()
     save_file({k: v.contiguous() for k, v in encoder_state(pre.state_dict()).items()},
               str(src / "encoder.safetensors"))
-    (src / "config.json").write_text(json.dumps({"run_config": {"model": {"name": NAME, "arch": TINY}}}))
+    run = tmp_path / "run"  # the pretraining run the export came from, with its logged losses
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"loss/loss": 0.9, "step": 6}\n{"loss/loss": 0.25, "optim/lr": 0.1, "step": 7}\n')
+    (src / "config.json").write_text(json.dumps({"run_config": {"model": {"name": NAME, "arch": TINY}},
+                                                 "source": str(run / "checkpoints" / "step_00000007")}))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         cls = pre.model.forward_features(x)[:, 0]
@@ -112,6 +116,7 @@ def test_pretrained_encoder_export_gives_the_distilled_cls_features(tmp_path):
     assert enc.num_classes == 0 and torch.equal(enc(x), cls)
     card = (tmp_path / "timm" / "README.md").read_text()
     assert "image feature backbone" in card and "## Training config" in card
+    assert "| | loss/loss |" in card and "| pretraining, step 7 | 0.2500 |" in card
     # fine-tuning from it: avg pooling with a fresh fc_norm and head, encoder weights loaded
     ft = timm.create_model(NAME, pretrained=True, num_classes=8, **TINY,
                            pretrained_cfg_overlay=dict(file=str(tmp_path / "timm" / "model.safetensors")))
