@@ -17,7 +17,7 @@ from uniemox.train.engine import build_ds_config, offloads_optimizer, zero_stage
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 RECIPE_CLASS = {"pretrain": PretrainConfig, "teacher": TeacherTrainConfig, "finetune": FinetuneConfig,
-                "linear": FinetuneConfig}
+                "linear": FinetuneConfig, "probe": FinetuneConfig}
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(CONFIGS, "*.yaml"))))
@@ -48,6 +48,12 @@ def test_precedence_defaults_recipe_file_overrides(tmp_path):
 def test_classification_recipes_follow_the_users_choices(tmp_path):
     probe = resolve_config(FinetuneConfig, overrides=["train.linear_probe=true"], recipes=ClassifyTask.recipes)
     assert probe.optim.name == "lars" and probe.optim.blr == 5.0 and probe.log.run_dir == "runs/sample-probe"
+    grid = resolve_config(FinetuneConfig, overrides=["train.probe_grid=true"], recipes=ClassifyTask.recipes)
+    assert grid.train.linear_probe and grid.optim.name == "lars" and grid.optim.blr == 1.0
+    assert grid.probe.blrs == (0.1, 0.5, 2.0, 5.0, 20.0) and grid.log.run_dir == "runs/sample-probe-grid"
+    grid = resolve_config(FinetuneConfig, overrides=["train.probe_grid=true", "data.path=/d/fi"],
+                          recipes=ClassifyTask.recipes)
+    assert grid.probe.blrs == (0.03, 0.1, 0.3, 1.0, 3.0, 10.0) and grid.optim.epochs == 90.0
     ft = resolve_config(FinetuneConfig, overrides=["data.path=/d/fi"], recipes=ClassifyTask.recipes)
     assert ft.optim.name == "adamw" and ft.aug.mixup == 0.8 and ft.model.name == "uniemox_vit_large_patch16"
     export = tmp_path / "export"

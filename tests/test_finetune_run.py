@@ -37,8 +37,12 @@ def losses(run_dir):
     return rows
 
 
+def _ema(tag_dir):
+    return torch.load(tag_dir / "trainer_rank0.pt", weights_only=True)["ema"]
+
+
 def test_finetune_sample_shards_validate_test_and_resume_after_sigkill(tmp_path):
-    args = TINY + ["optim.max_steps=6", "eval.every=3", "checkpoint.every=2", "--deepspeed",
+    args = TINY + ["optim.max_steps=6", "eval.every=3", "checkpoint.every=2", "train.ema=true", "--deepspeed",
                    os.path.join(REPO, "configs", "zero2.json")]
     straight = tmp_path / "straight"
     proc = ok(run(FINETUNE, args + ["--run-dir", str(straight)]))
@@ -63,6 +67,11 @@ def test_finetune_sample_shards_validate_test_and_resume_after_sigkill(tmp_path)
     assert [a[s] for s in (5, 6)] == pytest.approx([b[s] for s in (5, 6)], rel=1e-5)
     resumed = json.loads((killed / "eval" / "test.json").read_text())
     assert resumed["top1"] == pytest.approx(test["top1"]) and resumed["confusion_matrix"] == test["confusion_matrix"]
+    # the EMA went into the checkpoint and came back: it ends where the uninterrupted run's ends
+    ema_a, ema_b = _ema(straight / "checkpoints" / "step_00000006"), _ema(killed / "checkpoints" / "step_00000006")
+    assert ema_a.keys() == ema_b.keys() and all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    for run_dir in (straight, killed):
+        assert (run_dir / "eval" / "val_ema_step_00000006.json").is_file()
 
 
 def _image_folder(root, per_split=(6, 2, 2)):
@@ -135,12 +144,14 @@ def test_multi_label_emotic_style_bce_head_and_mean_ap(tmp_path):
     assert json.loads((run_dir / "best" / "config.json").read_text())["uniemox"]["task"] == "multi_label"
 
 
-def test_two_ranks_gather_every_evaluation_sample_once(tmp_path):
-    proc = subprocess.run(deepspeed_launcher(2) + [FINETUNE] + TINY +
-                          ["optim.max_steps=2", "eval.every=2", "--label-fraction", "0.5", "--run-dir", str(tmp_path),
-                           "--deepspeed", os.path.join(REPO, "configs", "zero2.json")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300, env=child_env())
-    ok(proc)
+def test_two_ranks_gather_every_evaluation_sample_once_and_resume_the_ema(tmp_path):
+    def two_ranks(run_dir, *extra, env=None):
+        return subprocess.run(deepspeed_launcher(2) + [FINETUNE] + TINY + list(extra) +
+                              ["optim.max_steps=2", "eval.every=2", "checkpoint.every=1", "train.ema=true",
+                               "--label-fraction", "0.5", "--run-dir", str(run_dir), "--deepspeed",
+                               os.path.join(REPO, "configs", "zero2.json")],
+                              cwd=REPO, capture_output=True, text=True, timeout=300, env=child_env(env))
+    ok(two_ranks(tmp_path))
     for name in ("val_step_00000002", "test"):
         metrics = json.loads((tmp_path / "eval" / f"{name}.json").read_text())
         assert metrics["num_samples"] == 256, name
@@ -149,6 +160,16 @@ def test_two_ranks_gather_every_evaluation_sample_once(tmp_path):
     assert json.loads((tmp_path / "data" / "fraction-0.5-seed0" / "manifest.json").read_text())["total"] == 128
     tag = tmp_path / "checkpoints" / "step_00000002"
     assert {p.name for p in tag.glob("trainer_rank*.pt")} == {"trainer_rank0.pt", "trainer_rank1.pt"}
+    # rank 0 alone checkpoints the EMA; resumed from step 1, rank 1 gets it from rank 0: the EMA and
+    # its validation (every rank scores its part of val with its EMA) are the uninterrupted run's
+    assert "ema" not in torch.load(tag / "trainer_rank1.pt", weights_only=True)
+    killed = tmp_path / "killed"
+    assert two_ranks(killed, env={"UNIEMOX_FAULT": "kill@step:2"}).returncode != 0
+    ok(two_ranks(killed, "--resume", "auto"))
+    ema_a, ema_b = _ema(tag), _ema(killed / "checkpoints" / "step_00000002")
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    a, b = (json.loads((d / "eval" / "val_ema_step_00000002.json").read_text()) for d in (tmp_path, killed))
+    assert a["num_samples"] == 256 and a["confusion_matrix"] == b["confusion_matrix"]
 
 
 @pytest.mark.parametrize("stage", ["zero0", "zero2"])

@@ -18,7 +18,11 @@ READS = ("item", "tolist", "__float__", "__int__", "__bool__")
 @pytest.mark.parametrize("task,overrides", [
     ("pretrain", ["model.arch={img_size: 32, depth: 2, decoder_depth: 1}"]),
     ("teacher", ["data.emotion_only_prob=0.5", "eval.every=-1"]),
-    ("classify", ["model.arch={img_size: 32, depth: 2}", "eval.every=100", "aug.reprob=0.5", "aug.mixup=0.8"]),
+    ("classify", ["model.arch={img_size: 32, depth: 2}", "eval.every=100", "aug.reprob=0.5", "aug.mixup=0.8",
+                  "train.ema=true"]),
+    # AdamW: LARS has no found_inf, so fp32 ZeRO-0 checks its gradients on the host by design (guard.py)
+    ("probe_grid", ["model.arch={img_size: 32, depth: 2}", "eval.every=100", "train.probe_grid=true",
+                    "optim.name=adamw"]),
 ])
 def test_no_read_back_between_reports(tmp_path, monkeypatch, task, overrides):
     from uniemox.config import deepspeed_config, resolve_config
@@ -29,9 +33,12 @@ def test_no_read_back_between_reports(tmp_path, monkeypatch, task, overrides):
     elif task == "teacher":
         from uniemox.config.clip_teacher import TeacherTrainConfig as Config
         from uniemox.tasks.clip_teacher import TeacherTask as Task
-    else:
+    elif task == "classify":
         from uniemox.config.classify import FinetuneConfig as Config
         from uniemox.tasks.classify import ClassifyTask as Task
+    else:
+        from uniemox.config.classify import FinetuneConfig as Config
+        from uniemox.tasks.probe_grid import ProbeGridTask as Task
     common = ["data.batch_size=8", "data.num_workers=1", "optim.max_steps=6", "log.every=100", "log.progress=false",
               "checkpoint.every=0", f"log.run_dir={tmp_path}"]
     cfg = resolve_config(Config, overrides=common + overrides, recipes=Task.recipes)

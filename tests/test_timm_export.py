@@ -50,6 +50,33 @@ def test_finetuned_export_round_trips_through_timm(tmp_path, pool):
     assert by_dir.pretrained_cfg["input_size"] == (3, 32, 32)
 
 
+def test_an_export_is_timms_save_for_hf_output_with_a_model_card(tmp_path):
+    """The folder is what timm's save_for_hf writes for the same model (plus our section and the
+    card): config.json as timm's own, README.md with the training config and the results."""
+    from timm.models import save_for_hf
+
+    from uniemox.finetune.heads import init_architecture
+
+    model = _classifier()
+    card = {"description": "A test classifier.", "results": {"val": {"top1": 0.5, "num_samples": 8}},
+            "config": {"optim": {"blr": 5.0}}, "details": {"Recipe": "linear_probe"}}
+    paths = tm.write_export(model.state_dict(), str(tmp_path / "exp"), NAME, TINY, 5, "avg", list("abcde"),
+                            {"task": "single_label"}, card=card)
+    assert sorted(os.listdir(tmp_path / "exp")) == ["README.md", "config.json", "model.safetensors"]
+    reference = timm.create_model(NAME, num_classes=5, global_pool="avg", **TINY)
+    save_for_hf(reference, str(tmp_path / "ref"), model_config={"label_names": list("abcde")}, safe_serialization=True)
+    ours = json.loads((tmp_path / "exp" / "config.json").read_text())
+    assert ours.pop("uniemox") == {"task": "single_label", "format": tm.EXPORT_FORMAT}
+    assert ours == json.loads((tmp_path / "ref" / "config.json").read_text())
+    text = open(paths["card"]).read()
+    assert text.startswith("---\n") and "library_name: timm" in text and "A test classifier." in text
+    assert "| val | 0.5000 | 8 |" in text and "## Training config" in text and "blr: 5.0" in text
+    assert f'timm.create_model("local-dir:{tmp_path / "exp"}", pretrained=True)' in text
+    assert init_architecture(str(tmp_path / "exp")) == {"name": NAME, "arch": TINY}
+    with pytest.raises(UserError, match="do not match"):
+        tm.write_export(model.state_dict(), str(tmp_path / "bad"), NAME, {"img_size": 32, "depth": 3}, 5, "avg")
+
+
 def test_another_class_count_gets_a_fresh_head_and_a_wrong_size_is_an_error(tmp_path):
     model = _classifier()
     tm.write_export(model.state_dict(), str(tmp_path / "exp"), NAME, TINY, 5, "avg")
@@ -74,7 +101,11 @@ def test_pretrained_encoder_export_gives_the_distilled_cls_features(tmp_path):
     src.mkdir()
     save_file({k: v.contiguous() for k, v in encoder_state(pre.state_dict()).items()},
               str(src / "encoder.safetensors"))
-    (src / "config.json").write_text(json.dumps({"run_config": {"model": {"name": NAME, "arch": TINY}}}))
+    run = tmp_path / "run"  # the pretraining run the export came from, with its logged losses
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"loss/loss": 0.9, "step": 6}\n{"loss/loss": 0.25, "optim/lr": 0.1, "step": 7}\n')
+    (src / "config.json").write_text(json.dumps({"run_config": {"model": {"name": NAME, "arch": TINY}},
+                                                 "source": str(run / "checkpoints" / "step_00000007")}))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         cls = pre.model.forward_features(x)[:, 0]
@@ -83,6 +114,9 @@ def test_pretrained_encoder_export_gives_the_distilled_cls_features(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     enc = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
     assert enc.num_classes == 0 and torch.equal(enc(x), cls)
+    card = (tmp_path / "timm" / "README.md").read_text()
+    assert "image feature backbone" in card and "## Training config" in card
+    assert "| | loss/loss |" in card and "| pretraining, step 7 | 0.2500 |" in card
     # fine-tuning from it: avg pooling with a fresh fc_norm and head, encoder weights loaded
     ft = timm.create_model(NAME, pretrained=True, num_classes=8, **TINY,
                            pretrained_cfg_overlay=dict(file=str(tmp_path / "timm" / "model.safetensors")))

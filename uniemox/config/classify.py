@@ -1,7 +1,8 @@
 """The fine-tuning / linear-probe run config (METHOD §5). Saved as config.yaml in the run
 directory. The recipes that fill it are YAML files in configs/: finetune_release.yaml (the
-release's recipe) or linear_probe_mae.yaml (MAE's), and finetune_sample.yaml /
-linear_probe_sample.yaml for the embedded sample set on a CPU."""
+release's recipe) or linear_probe_mae.yaml (MAE's; probe_grid.yaml on top for a grid of probes), and
+finetune_sample.yaml / linear_probe_sample.yaml / probe_grid_sample.yaml for the embedded sample set
+on a CPU."""
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -60,6 +61,18 @@ class ClassifierOptimConfig(OptimConfig):
 @dataclass
 class ClassifierTrainConfig(TrainConfig):
     linear_probe: bool = False
+    probe_grid: bool = False          # a grid of linear probes (section probe) on one pass of the features
+    ema: bool = False                 # timm's ModelEmaV3 of the weights, validated beside them (best of two kept)
+    ema_decay: float = bounded(0.9998, lo=0.0, hi=1.0, hi_open=True)
+    ema_warmup: bool = True           # timm's decay warm-up (1 - (1 + step)^-2/3, capped at ema_decay)
+
+
+@dataclass
+class ProbeGridConfig:
+    # one head per (blr, weight decay); a head's lr = blr x global batch / 256 (MAE's rule), on the
+    # run's warm-up + cosine schedule; validation picks the head
+    blrs: Tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+    weight_decays: Tuple[float, ...] = (0.0,)
 
 
 @dataclass
@@ -87,5 +100,6 @@ class FinetuneConfig:
     optim: ClassifierOptimConfig = field(default_factory=ClassifierOptimConfig)
     train: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
     eval: ClassifierEvalConfig = field(default_factory=ClassifierEvalConfig)
+    probe: ProbeGridConfig = field(default_factory=ProbeGridConfig)
     log: ClassifierLogConfig = field(default_factory=ClassifierLogConfig)
     checkpoint: ClassifierCheckpointConfig = field(default_factory=ClassifierCheckpointConfig)

@@ -20,7 +20,7 @@ from .scores import prediction_rows, to_probabilities
 @dataclass
 class Predictions:
     keys: List[str]
-    scores: np.ndarray      # [N, C] probabilities
+    scores: np.ndarray      # [N, C] probabilities ([N, H, C] for H heads)
     labels: np.ndarray      # [N] (single-label) or [N, C] multi-hot targets
 
     def metrics(self, class_names: Sequence[str], multi_label: bool) -> Dict:
@@ -30,6 +30,10 @@ class Predictions:
 
     def rows(self, class_names: Sequence[str], top_k: int, multi_label: bool) -> List[Dict]:
         return prediction_rows(self.keys, self.scores, self.labels, class_names, top_k, multi_label)
+
+    def head(self, index: int) -> "Predictions":
+        """One head's predictions where a model scores with several heads (scores [N, H, C])."""
+        return Predictions(self.keys, self.scores[:, index], self.labels)
 
 
 @torch.no_grad()

@@ -7,7 +7,9 @@
   BatchNorm1d(affine=False, eps 1e-6) -> Linear (init std 0.01). For export the BatchNorm is
   folded into the Linear (eval mode: W' = W / s, b' = b - W' mu, s = sqrt(var + eps)), which
   gives a plain timm-style classifier.
+* probe grid: many such heads on the same frozen features, one forward of the encoder for all.
 """
+import copy
 import os
 from typing import Dict, Optional
 
@@ -43,9 +45,16 @@ def init_architecture(init: str) -> Dict:
     if "run_config" in data:
         model = data["run_config"].get("model") or {}
         return {k: model[k] for k in ("name", "arch") if k in model}
-    if "architecture" in data:
-        return {"name": data["architecture"],
-                "arch": {k: v for k, v in (data.get("model_args") or {}).items() if k != "global_pool"}}
+    if "architecture" in data:  # timm's save_for_hf layout: model_args hold more than the architecture
+        from dataclasses import fields
+
+        from uniemox.models import get_arch
+
+        known = {f.name for f in fields(get_arch(data["architecture"]))}
+        arch = {k: v for k, v in (data.get("model_args") or {}).items() if k in known}
+        if isinstance(arch.get("img_size"), (list, tuple)):  # timm records (H, W); ours are square
+            arch["img_size"] = int(arch["img_size"][0])
+        return {"name": data["architecture"], "arch": arch}
     return {}
 
 
@@ -57,17 +66,32 @@ def load_init(encoder: nn.Module, path: str) -> LoadReport:
     return load_encoder_checkpoint(encoder, resolve_init(path))
 
 
+BN_EPS = 1e-6  # MAE's probe BatchNorm
+
+
+def probe_head(num_features: int, num_classes: int) -> nn.Sequential:
+    head = nn.Sequential(nn.BatchNorm1d(num_features, affine=False, eps=BN_EPS), nn.Linear(num_features, num_classes))
+    nn.init.trunc_normal_(head[1].weight, std=0.01)
+    nn.init.zeros_(head[1].bias)
+    return head
+
+
 class LinearProbe(nn.Module):
     def __init__(self, encoder: nn.Module, num_classes: int):
         super().__init__()
         encoder.requires_grad_(False)
         encoder.eval()
         object.__setattr__(self, "encoder", encoder)  # not a submodule: frozen, outside the engine
-        self.head = nn.Sequential(nn.BatchNorm1d(encoder.num_features, affine=False, eps=1e-6),
-                                  nn.Linear(encoder.num_features, num_classes))
-        nn.init.trunc_normal_(self.head[1].weight, std=0.01)
-        nn.init.zeros_(self.head[1].bias)
+        self.head = probe_head(encoder.num_features, num_classes)
         self.autocast_dtype = None  # set by the trainer for bf16/fp16 runs
+
+    def __deepcopy__(self, memo):
+        """A copy (the head's EMA) shares the frozen encoder instead of copying it."""
+        memo[id(self.encoder)] = self.encoder
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         self.encoder.eval()  # a parent's .train() must not switch the frozen encoder's mode
@@ -84,10 +108,35 @@ class LinearProbe(nn.Module):
         ``head_state``: this module's state dict to take the head from (e.g. the fp32 master
         weights of the engine); default: the module's own tensors."""
         head = head_state or self.state_dict()
-        eps = self.head[0].eps
-        scale = torch.sqrt(head["head.0.running_var"].float() + eps)
+        scale = torch.sqrt(head["head.0.running_var"].float() + BN_EPS)
         weight = head["head.1.weight"].float() / scale[None, :]
         bias = head["head.1.bias"].float() - weight @ head["head.0.running_mean"].float()
         state = {k: v for k, v in self.encoder.state_dict().items() if not k.startswith("head.")}
         state.update({"head.weight": weight, "head.bias": bias})
         return state
+
+
+class ProbeGrid(LinearProbe):
+    """``count`` probe heads on one pass of the frozen features (DINOv2's linear evaluation): each
+    starts from the weights LinearProbe's single head would, so the heads differ by their learning
+    rate and weight decay alone (the optimizer's groups). Logits: [B, count, C]."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, count: int):
+        super().__init__(encoder, num_classes)
+        self.heads = nn.ModuleList(copy.deepcopy(self.head) for _ in range(count))
+        del self.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x).to(self.heads[0][1].weight.dtype)
+        return torch.stack([head(f) for head in self.heads], dim=1)
+
+    @staticmethod
+    def head_state(state: Dict[str, torch.Tensor], index: int) -> Dict[str, torch.Tensor]:
+        """Head ``index`` of a grid's state dict, under LinearProbe's names."""
+        prefix = f"heads.{index}."
+        return {"head." + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+    def folded_state(self, head_state: Optional[Dict[str, torch.Tensor]] = None,
+                     index: int = 0) -> Dict[str, torch.Tensor]:
+        """Head ``index`` folded as LinearProbe's: a plain classifier's state dict."""
+        return super().folded_state(self.head_state(head_state or self.state_dict(), index))

@@ -8,9 +8,11 @@ Importing this module registers every name of ``uniemox.models.registry`` with t
                               pretrained_cfg_overlay=dict(file="export/model.safetensors"))
     model = timm.create_model("local-dir:export", pretrained=True)  # config.json + model.safetensors
 
-An export folder holds ``model.safetensors`` (timm/MAE key names) and ``config.json`` in the
-layout of timm's Hugging Face exports (architecture, num_classes, global_pool, label_names,
-pretrained_cfg, model_args with the architecture overrides), plus a ``uniemox`` section.
+An export folder is what timm's own ``save_for_hf`` writes for the Hugging Face Hub:
+``model.safetensors`` (timm/MAE key names) and ``config.json`` (architecture, num_classes,
+global_pool, label_names, pretrained_cfg, model_args with the architecture overrides), plus a
+``uniemox`` section, and a ``README.md`` model card (training config, measured results).
+``timm.models.push_to_hf_hub`` or ``huggingface_hub.upload_folder`` publish it as it is.
 
 Weights are loaded through ``uniemox.convert.load_encoder_state``: a head of another class
 count is left out (fresh head, as fine-tuning from another task), a pretraining encoder's
@@ -26,7 +28,7 @@ import torch
 
 from uniemox.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from uniemox.errors import UserError
-from uniemox.io import atomic_write_json, replace_dir
+from uniemox.io import replace_dir
 
 from .registry import create_encoder, get_arch, list_models
 
@@ -99,28 +101,35 @@ _register_all()
 # -- files in timm's layout ---------------------------------------------------------------------
 def write_export(state_dict: Dict[str, torch.Tensor], out_dir: str, name: str, arch_overrides: Dict,
                  num_classes: int, global_pool: str, label_names: Optional[Sequence[str]] = None,
-                 extra: Optional[Dict] = None) -> Dict[str, str]:
-    """``out_dir/model.safetensors`` (fp32) and ``out_dir/config.json``, written to a temp
-    folder and renamed into place, so a reader never sees half an export."""
-    from safetensors.torch import save_file
+                 extra: Optional[Dict] = None, card: Optional[Dict] = None) -> Dict[str, str]:
+    """The weights in timm's hub layout, written by timm's own ``save_for_hf``: ``model.safetensors``
+    (fp32), ``config.json`` (architecture, num_classes, label_names, model_args, pretrained_cfg, plus
+    a ``uniemox`` section with ``extra``), and ``README.md``, a model card (model_card.py: ``card``).
+    Written to a temp folder and renamed into place, so a reader never sees half an export."""
+    import timm
+    from timm.models import save_for_hf
 
-    arch = get_arch(name, **arch_overrides)
-    cfg = dict(_pretrained_cfg(name, num_classes), input_size=(3, arch.img_size, arch.img_size))
+    from .model_card import write_model_card
+
+    state = {k: v.detach().float().contiguous().cpu() for k, v in state_dict.items()}
+    with torch.device("meta"):  # no random initialisation: every tensor comes from state_dict
+        model = timm.create_model(name, num_classes=num_classes, global_pool=global_pool, **arch_overrides)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise UserError(f"the weights do not match {name} {arch_overrides}: {' '.join(str(exc).split())[:300]}") \
+            from None
+    model_config = {"uniemox": dict(extra or {}, format=EXPORT_FORMAT)}
     if label_names is not None:
-        cfg["label_names"] = list(label_names)
-    config = {"architecture": name, "num_classes": num_classes, "num_features": arch.embed_dim,
-              "global_pool": global_pool, "model_args": dict(arch_overrides, global_pool=global_pool),
-              "pretrained_cfg": cfg, "uniemox": dict(extra or {}, format=EXPORT_FORMAT)}
-    if label_names is not None:
-        config["label_names"] = list(label_names)
+        model_config["label_names"] = list(label_names)
     out_dir = out_dir.rstrip("/")
     tmp = f"{out_dir}.tmp{os.getpid()}"
     os.makedirs(tmp, exist_ok=True)
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in state_dict.items()},
-              os.path.join(tmp, WEIGHTS))
-    atomic_write_json(os.path.join(tmp, CONFIG), config)
+    save_for_hf(model, tmp, model_config=model_config, safe_serialization=True)
+    write_model_card(tmp, name, card, folder=out_dir)
     replace_dir(tmp, out_dir)
-    return {"weights": os.path.join(out_dir, WEIGHTS), "config": os.path.join(out_dir, CONFIG)}
+    return {"weights": os.path.join(out_dir, WEIGHTS), "config": os.path.join(out_dir, CONFIG),
+            "card": os.path.join(out_dir, "README.md")}
 
 
 def read_export_config(path: str) -> Dict:
@@ -170,5 +179,25 @@ def export_pretrained(src: str, out_dir: str) -> Dict[str, str]:
     report = load_encoder_checkpoint(encoder, weights)
     if report.missing or report.unexpected:
         raise UserError(f"{weights} does not match {model_cfg['name']}: {report.summary()}")
+    card = {"description": "A UniEmoX pretrained encoder (MAE + CLIP-teacher distillation), no head: its "
+                           "output is the final-normed CLS token, the one pretraining distils.",
+            "details": {"Model Type": "image feature backbone", "Source": os.path.abspath(src)},
+            "results": _pretraining_losses(src), "results_note": "The pretraining run's losses at the exported "
+                                                               "step (its metrics.jsonl).", "config": run_config}
     return write_export(encoder.state_dict(), out_dir, model_cfg["name"], model_cfg.get("arch") or {}, 0, "token",
-                        extra={"source": os.path.abspath(src), "kind": "pretrained encoder"})
+                        extra={"source": os.path.abspath(src), "kind": "pretrained encoder"}, card=card)
+
+
+def _pretraining_losses(src: str) -> Dict[str, Dict[str, float]]:
+    """The losses the pretraining run logged at the exported checkpoint's step, when its run dir
+    (RUN_DIR/checkpoints/step_N, the export's source) still holds metrics.jsonl; else nothing."""
+    try:
+        with open(os.path.join(src, CONFIG), encoding="utf-8") as f:
+            source = json.load(f).get("source") or ""
+        step = int(os.path.basename(source.rstrip("/")).rsplit("_", 1)[-1])
+        with open(os.path.join(os.path.dirname(os.path.dirname(source.rstrip("/"))), "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError, AttributeError):
+        return {}
+    losses = {k: v for row in rows if row.get("step") == step for k, v in row.items() if k.startswith("loss/")}
+    return {f"pretraining, step {step}": losses} if losses else {}

@@ -4,7 +4,7 @@ which are then scored on the test split."""
 import logging
 import os
 import random
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -16,25 +16,30 @@ from uniemox.errors import UserError
 
 from .base import Task
 
-HEADLINE = ("top1", "top3", "macro_f1", "mAP")
 ERASE_SALT = 29  # random erasing draws from its own stream of the micro-batch's context
 
 
 class ClassifyTask(Task):
     name = "fine-tune"
     loss_name = "loss/train"
-    resume_must_match = Task.resume_must_match + ("train.linear_probe",)
+    resume_must_match = Task.resume_must_match + ("train.linear_probe", "train.ema")
 
     @staticmethod
     def recipes(user: Dict) -> List[Dict]:
-        """The release's fine-tuning recipe or MAE's linear probe; the sample set's sizes when no
-        data is named; the model of ``model.init`` when it is an export folder and no model is named."""
+        """The release's fine-tuning recipe or MAE's linear probe (and the probe grid's on top); the
+        sample set's sizes when no data is named; the model of ``model.init`` when it is an export
+        folder and no model is named."""
         from uniemox.finetune.heads import init_architecture
 
-        probe = bool((user.get("train") or {}).get("linear_probe"))
+        train = user.get("train") or {}
+        grid = bool(train.get("probe_grid"))
+        probe = grid or bool(train.get("linear_probe"))
+        sample = not (user.get("data") or {}).get("path")
         layers = [recipe("linear_probe_mae" if probe else "finetune_release")]
-        if not (user.get("data") or {}).get("path"):
+        if sample:
             layers += [recipe("finetune_sample")] + ([recipe("linear_probe_sample")] if probe else [])
+        if grid:
+            layers += [recipe("probe_grid")] + ([recipe("probe_grid_sample")] if sample else [])
         model = user.get("model") or {}
         if model.get("init") and "name" not in model:
             layers.append({"model": init_architecture(str(model["init"]))})
@@ -44,8 +49,9 @@ class ClassifyTask(Task):
         super().__init__(cfg, run)
         self.probe = cfg.train.linear_probe
         self.name = "linear probe" if self.probe else "fine-tune"
-        self.best = {"metric": float("-inf"), "step": None}
-        self.eval_dir, self.best_dir = os.path.join(run.run_dir, "eval"), os.path.join(run.run_dir, "best")
+        self.best = {"metric": float("-inf"), "step": None, "weights": "raw"}
+        self.ema = None
+        self.best_dir = os.path.join(run.run_dir, "best")
 
     def describe(self) -> str:
         frac = self.data.fraction
@@ -57,6 +63,7 @@ class ClassifyTask(Task):
     def build_data(self):
         from uniemox.finetune.augment import FinetuneAugment
         from uniemox.finetune.data import prepare_data
+        from uniemox.finetune.scoring import SplitScorer
         from uniemox.models import get_arch
 
         cfg, run = self.cfg, self.run
@@ -67,23 +74,22 @@ class ClassifyTask(Task):
             sample_root=None if cfg.data.path else ensure_sample_shards(rank=run.rank))
         self.classes, self.multi = data.classes, data.multi_label
         self.image_size = get_arch(cfg.model.name, **cfg.model.arch).img_size
+        self.scorer = SplitScorer(cfg, run, self.classes, self.multi, self.image_size)
         augment = FinetuneAugment(self.image_size, cfg.aug.train_scale, cfg.aug.rand_augment)
         return build_labeled_loader(data.train, cfg.data.batch_size, cfg.data.num_workers, self.image_size,
                                     train=True, shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.data.seed,
-                                    rank=run.rank, world_size=run.world, num_classes=self._targets(),
+                                    rank=run.rank, world_size=run.world, num_classes=len(self.classes) if self.multi else None,
                                     view_transform=augment, pin_memory=run.pinned, class_count=len(self.classes))
-
-    def _targets(self):
-        return len(self.classes) if self.multi else None
 
     def epoch_samples(self):
         return self.data.train_count
 
-    def build_model(self):
-        from uniemox.finetune.heads import LinearProbe, load_init
+    def build_encoder(self):
+        """The encoder, from ``model.init`` (headless for a probe)."""
+        from uniemox.finetune.heads import load_init
         from uniemox.models import create_encoder
 
-        cfg, run = self.cfg, self.run
+        cfg = self.cfg
         encoder = create_encoder(cfg.model.name, num_classes=0 if self.probe else len(self.classes),
                                  global_pool=cfg.model.global_pool, drop_path_rate=cfg.model.drop_path,
                                  attn_backend=cfg.model.attn_backend, **cfg.model.arch)
@@ -92,10 +98,16 @@ class ClassifyTask(Task):
             self.log(logging.INFO, "init from %s: %s", cfg.model.init, load_init(encoder, cfg.model.init).summary())
         else:
             self.log(logging.WARNING, "no model.init: the encoder starts from RANDOM weights")
+        return encoder
+
+    def build_model(self):
+        from uniemox.finetune.heads import LinearProbe
+
+        encoder = self.build_encoder()
         if not self.probe:
             return encoder
-        probe = LinearProbe(encoder.to(run.device), len(self.classes))
-        probe.autocast_dtype = None if run.dtype == torch.float32 else run.dtype
+        probe = LinearProbe(encoder.to(self.run.device), len(self.classes))
+        probe.autocast_dtype = None if self.run.dtype == torch.float32 else self.run.dtype
         return probe
 
     def param_groups(self, model):
@@ -119,6 +131,10 @@ class ClassifyTask(Task):
             raise UserError(f"mixup/cutmix pair samples within a batch: data.batch_size must be even, "
                             f"got {cfg.data.batch_size}")
         self.criterion = build_criterion(self.multi, self.mixup is not None, cfg.aug.smoothing)
+        if cfg.train.ema:
+            from uniemox.finetune.ema import FinetuneEma
+
+            self.ema = FinetuneEma(engine, cfg.train.ema_decay, cfg.train.ema_warmup, engine.zero_optimization_stage())
         # the training stream's randomness (mixup: numpy; drop-path: torch) differs per rank, is
         # seeded, and is restored on resume with the checkpoint's RNG states
         random.seed(cfg.train.seed + rank)
@@ -137,6 +153,10 @@ class ClassifyTask(Task):
         loss = self.criterion(engine(images.to(self.run.dtype)).float(), target)
         return loss, {"loss/train": loss}
 
+    def after_step(self, step):
+        if self.ema is not None:
+            self.ema.update(step)
+
     def progress_fields(self, values):
         return {"best": f"{self.best['metric']:.4f}" if self.best["step"] else "-"}
 
@@ -145,70 +165,71 @@ class ClassifyTask(Task):
         per_epoch = max(1, self.data.train_count // plan.global_batch)
         return (self.cfg.eval.every or per_epoch) if self.data.val else None
 
-    def _score(self, forward, urls, name: str, tag: str, step: int, rows: bool = False):
-        """Predictions of every rank gathered; rank 0 writes the report -> its metrics (None elsewhere)."""
-        from uniemox.eval.evaluate import gather, predict_loader, sum_counts
-        from uniemox.eval.report import write_report
-
-        cfg, run = self.cfg, self.run
-        loader = build_labeled_loader(urls, cfg.data.eval_batch_size or cfg.data.batch_size, cfg.data.num_workers,
-                                      self.image_size, train=False, rank=run.rank, world_size=run.world,
-                                      num_classes=self._targets(), pin_memory=run.pinned,
-                                      class_count=len(self.classes))
-        pred = gather(predict_loader(forward, loader, run.device, self.multi))
-        skipped = sum_counts(loader.skip_counts)  # collective, as gather: every rank calls it
-        if run.rank != 0:
-            return None
-        metrics = dict(pred.metrics(self.classes, self.multi), skipped=skipped)
-        write_report(metrics, self.eval_dir, name, self.writer, step, tag=tag, echo=not cfg.log.progress,
-                     predictions=pred.rows(self.classes, cfg.eval.top_k, self.multi) if rows else None)
-        return metrics
-
-    def evaluate(self, engine, step):
+    def _validate(self, module, dtype, step: int, weights: str):
+        """(primary score on every rank, metrics on rank 0) of one set of weights on val."""
         from uniemox.eval.metrics import primary
 
-        module, dtype = engine.module, self.run.dtype
+        tag = "val" if weights == "raw" else f"val_{weights}"
+        training = module.training
         module.eval()
-        metrics = self._score(lambda x: module(x.to(dtype)), self.data.val, f"val_step_{step:08d}", "val", step)
-        module.train()
-        value = torch.tensor([primary(metrics) if self.run.rank == 0 else 0.0])
-        if self.run.world > 1:
-            torch.distributed.broadcast(value, 0)
-        if float(value) > self.best["metric"]:
-            self.best = {"metric": float(value), "step": step}
-            self.save_best(engine, step, metrics)
-        self.log(logging.INFO, "step %d: val %s %.4f (best %.4f at step %d)", step, "mAP" if self.multi else "top-1",
-                 float(value), self.best["metric"], self.best["step"])
+        metrics = self.scorer.score(lambda x: module(x.to(dtype)), self.data.val, f"{tag}_step_{step:08d}", tag, step,
+                                    self.writer)
+        module.train(training)
+        return self.scorer.shared(primary(metrics) if metrics else 0.0), metrics
+
+    def evaluate(self, engine, step):
+        """The trained weights, and their EMA beside them (kept in fp32); the better one of the two,
+        if better than any before, becomes best/ (ties keep the trained weights)."""
+        scored = [("raw",) + self._validate(engine.module, self.run.dtype, step, "raw")]
+        if self.ema is not None:
+            scored.append(("ema",) + self._validate(self.ema.module, torch.float32, step, "ema"))
+        weights, value, metrics = max(scored, key=lambda s: s[1])
+        if value > self.best["metric"]:
+            self.best = {"metric": value, "step": step, "weights": weights}
+            self.save_best(engine, step, metrics, weights)
+        self.log(logging.INFO, "step %d: val %s %s (best %.4f at step %d, %s weights)", step,
+                 "mAP" if self.multi else "top-1", ", ".join(f"{w} {v:.4f}" for w, v, _ in scored),
+                 self.best["metric"], self.best["step"], self.best["weights"])
         return {}  # the report went to TensorBoard and metrics.jsonl already
 
-    def save_best(self, engine, step: int, metrics) -> None:
-        """The classifier's fp32 weights in timm's layout (collective: ZeRO-3 gathers them)."""
-        from uniemox.models.timm_models import write_export
+    def save_best(self, engine, step: int, metrics, weights: str = "raw") -> None:
+        """The trained weights (their fp32 masters; collective: ZeRO-3 gathers them) or their EMA,
+        for a probe with the BatchNorm folded into the Linear, as best/."""
         from uniemox.train.engine import fp32_module_state
 
-        cfg, run = self.cfg, self.run
-        state = fp32_module_state(engine)
+        state = fp32_module_state(engine) if weights == "raw" else \
+            {k: v.float().cpu() for k, v in self.ema.module.state_dict().items()}
         if self.probe:
             state = engine.module.folded_state(state)
-        if run.rank == 0:
-            extra = {"step": step, "task": "multi_label" if self.multi else "single_label",
-                     "recipe": "linear_probe" if self.probe else "finetune", "init": cfg.model.init,
-                     "val": {k: metrics[k] for k in HEADLINE if k in metrics} if metrics else None}
-            write_export(state, self.best_dir, cfg.model.name, dict(cfg.model.arch), len(self.classes),
-                         "token" if self.probe else cfg.model.global_pool, self.classes, extra)
-        if run.world > 1:
+        extra = {"ema_decay": self.cfg.train.ema_decay} if weights == "ema" else {}
+        self.export_best(state, step, metrics, weights=weights, **extra)
+
+    def export_best(self, state, step: int, metrics, recipe: Optional[str] = None, **meta) -> None:
+        """best/ in timm's hub layout, written by rank 0 (every rank calls it)."""
+        from uniemox.finetune.export import write_classifier
+
+        if self.run.rank == 0:
+            write_classifier(state, self.best_dir, self.cfg, self.classes, self.multi, self.probe, step, metrics,
+                             recipe=recipe or ("linear_probe" if self.probe else "finetune"), **meta)
+        if self.run.world > 1:
             torch.distributed.barrier()
 
     def state_dict(self):
-        return {"best": self.best}
+        state = {"best": self.best}
+        if self.ema is not None and self.run.rank == 0:
+            state["ema"] = self.ema.state_dict()  # one copy: the other ranks get it on resume
+        return state
 
     def load_state_dict(self, state):
-        self.best = state["best"]
+        self.best = dict({"weights": "raw"}, **state["best"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state.get("ema"), self.run.world)
 
     def checkpoint_meta(self, step):
         return {"model": self.cfg.model.name}
 
     def finish(self, engine, step, last_checkpoint, skipped_steps):
+        from uniemox.finetune.export import add_test_to_card
         from uniemox.models.timm_models import create_from_export
 
         run = self.run
@@ -218,33 +239,18 @@ class ClassifyTask(Task):
         test = None
         if self.data.test:  # scored with the best weights, loaded back through timm
             best_model, _ = create_from_export(self.best_dir)
-            test = self._score(best_model.to(run.device), self.data.test, "test", "test", step, rows=True)
+            test = self.scorer.score(best_model.to(run.device), self.data.test, "test", "test", step, self.writer,
+                                     rows=True)
         if run.rank != 0:
             return
+        if test is not None:
+            add_test_to_card(self.best_dir, self.cfg, self.classes, test)
         headline = "mAP" if self.multi else "top1"
         print(f"done: {step} steps, {skipped_steps} skipped; best val {headline} {self.best['metric']:.4f} at step "
-              f"{self.best['step']}" if self.best["step"] else f"done: {step} steps")
+              f"{self.best['step']} ({self.best['weights']} weights)" if self.best["step"] else f"done: {step} steps")
         if test is not None:
-            print(f"  test {headline}: {test[headline]:.4f}  ({os.path.join(self.eval_dir, 'test.json')})")
-        print(f"  best model:  {self.best_dir}  (timm.create_model('local-dir:{self.best_dir}', pretrained=True))\n"
+            print(f"  test {headline}: {test[headline]:.4f}  ({os.path.join(self.scorer.eval_dir, 'test.json')})")
+        print(f"  best model:  {self.best_dir}  (timm.create_model('local-dir:{self.best_dir}', pretrained=True); "
+              f"model card {os.path.join(self.best_dir, 'README.md')})\n"
               f"  checkpoint:  {last_checkpoint}\n  TensorBoard: tensorboard --logdir "
               f"{os.path.join(run.run_dir, 'tb')}\n  predict:     uniemox-predict --model {self.best_dir} IMAGE...")
-
-
-def export_classifier(source: str, out_dir: str) -> Dict[str, str]:
-    """A timm export (model.safetensors + config.json) of a fine-tuning run dir (its best/) or of
-    a pretraining export folder (the headless encoder)."""
-    import json
-    import shutil
-
-    from uniemox.models.timm_models import export_pretrained, read_export_config
-
-    best = os.path.join(source, "best")
-    if os.path.isfile(os.path.join(best, "config.json")):  # a fine-tuning run dir
-        read_export_config(best)
-        shutil.copytree(best, out_dir, dirs_exist_ok=True)
-        paths = {"weights": os.path.join(out_dir, "model.safetensors"), "config": os.path.join(out_dir, "config.json")}
-    else:
-        paths = export_pretrained(source, out_dir)
-    print(json.dumps(paths, indent=1))
-    return paths
