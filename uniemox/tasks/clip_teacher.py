@@ -42,7 +42,9 @@ class TeacherTask(Task):
 
     def describe(self) -> str:
         where = f"{len(self.eval_urls)} shard(s), {len(self.classes)} classes" if self.eval_urls else "none"
-        return f"{self.cfg.model.name} from {self.source} | zero-shot eval: {where}"
+        ranks = self.model.loss.world_size
+        negatives = f"captions of {ranks} ranks" if ranks > 1 else "the rank's own batch"
+        return f"{self.cfg.model.name} from {self.source} | contrasted with {negatives} | zero-shot eval: {where}"
 
     # -- built once ---------------------------------------------------------------------------------
     def build_model(self):
@@ -53,8 +55,20 @@ class TeacherTask(Task):
         cfg = self.cfg
         clip, self.source = build_clip(cfg.model.name, pretrained=cfg.model.pretrained, weights=cfg.model.weights)
         clip.requires_grad_(True)
-        self.model = ContrastiveCLIP(clip, open_clip.get_tokenizer(cfg.model.name), cfg.model.input_norm)
+        self.model = ContrastiveCLIP(clip, open_clip.get_tokenizer(cfg.model.name), cfg.model.input_norm,
+                                     self._loss())
         return self.model
+
+    def _loss(self):
+        """open_clip's ClipLoss over every rank's captions (loss.global_negatives), or this rank's."""
+        from uniemox.losses.clip_contrastive import CappedClipLoss
+
+        c = self.cfg.loss
+        if c.global_negatives and c.local_loss and not c.gather_with_grad:
+            raise UserError("loss.local_loss needs loss.gather_with_grad=true: without the gradient through the "
+                            "gather, the other ranks' terms of each embedding are lost (open_clip issue #616)")
+        world = self.run.world if c.global_negatives else 1
+        return CappedClipLoss(self.run.rank if world > 1 else 0, world, c.local_loss, c.gather_with_grad)
 
     def build_data(self):
         cfg, run = self.cfg, self.run
@@ -102,7 +116,8 @@ class TeacherTask(Task):
         texts = shorten_captions(batch["text"], self.cfg.data.emotion_only_prob, ctx.generator(CAPTION_SALT))
         out = engine(model_input(batch["scene"], self.run.device, self.run.dtype), texts)
         return out["loss"], {"loss/loss": out["loss"], "train/batch_accuracy": out["batch_accuracy"],
-                             "train/logit_scale": out["logit_scale"]}
+                             "train/logit_scale": out["logit_scale"],  # the logits' shape: [own images, captions]
+                             "train/logits_rows": out["logits_rows"], "train/logits_cols": out["logits_cols"]}
 
     def on_report(self, step, values):
         if step == 1:
