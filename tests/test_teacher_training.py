@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from uniemox.errors import UserError
-from uniemox.data.prompts import shorten_captions
+from uniemox.data.prompts import TEMPLATE_SETS, shorten_captions
 from uniemox.launch.train_teacher import config_of, parse_args
 from uniemox.tasks.base import MicroContext
 from uniemox.tasks.clip_teacher import export_teacher_weights
@@ -143,6 +143,7 @@ def test_recorded_command_restarts_from_the_recorded_first_loss(tmp_path):
     assert [shipped["train"].pop(k) for k in ("inject_nan_steps", "inject_nan_grad_steps")] == [[], []]
     now["train"].pop("single_rank_stage0")  # a setting added since (a one-rank run's engine stage)
     now.pop("loss")  # added since: how ranks share negatives (one rank: none to share)
+    now["eval"].pop("templates")  # added since: zero-shot prompts (evaluation only)
     for cfg in (now, shipped):
         cfg["optim"].pop("max_steps"), cfg.pop("log"), cfg.pop("export"), cfg["eval"].pop("every")
         # epochs do not act where max_steps and warmup_steps are set (the recipe sets both)
@@ -174,14 +175,15 @@ def test_resumed_run_continues_with_the_same_losses(tmp_path):
 
 
 def test_two_ranks_zero3_train_evaluate_and_export(tmp_path):
-    """ZeRO-3 partitions every parameter: training, the zero-shot evaluation (every rank runs it)
-    and the export (gathered from the shards) must still work across ranks."""
+    """ZeRO-3 partitions every parameter: training (with both ranks' captions as negatives), the
+    zero-shot evaluation (every rank runs it; here with the prompt ensemble) and the export
+    (gathered from the shards) must still work across ranks."""
     with socket.socket() as sock:  # not the launcher's default port: other runs may hold it
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), TRAIN, "--deepspeed",
            os.path.join(REPO, "configs", "zero3.json"), "--run-dir", str(tmp_path)]
-    proc = subprocess.run(cmd + FAST + ["optim.max_steps=2", "log.every=1", "eval.every=1"],
+    proc = subprocess.run(cmd + FAST + ["optim.max_steps=2", "log.every=1", "eval.every=1", "eval.templates=emotion"],
                           cwd=REPO, capture_output=True, text=True, timeout=600, env=clean_env())
     ok(proc)
     rows = metrics(tmp_path)
@@ -192,8 +194,9 @@ def test_two_ranks_zero3_train_evaluate_and_export(tmp_path):
         evals = [json.loads(line) for line in f if "eval/zero_shot_accuracy" in line]
     assert [e["step"] for e in evals] == [1, 2] and all(e["eval/images"] == 256 for e in evals)
     t = CLIPTeacher("uniemox-clip-tiny-64", weights=str(tmp_path / "export" / "teacher.safetensors"))
-    assert json.loads((tmp_path / "export" / "teacher.json").read_text())["zero_shot"]["accuracy"] == evals[-1][
-        "eval/zero_shot_accuracy"]
+    zero_shot = json.loads((tmp_path / "export" / "teacher.json").read_text())["zero_shot"]
+    assert zero_shot["accuracy"] == evals[-1]["eval/zero_shot_accuracy"]
+    assert zero_shot["templates"] == list(TEMPLATE_SETS["emotion"])  # the prompt ensemble it was scored with
     assert torch.isfinite(t.encode_text(["The overall emotion conveyed is awe."])).all()
 
 

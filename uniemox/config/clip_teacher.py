@@ -52,6 +52,9 @@ class ZeroShotEvalConfig:
     classes: Optional[List[str]] = None       # class names in label order; none: from the shards' manifest
     every: int = bounded(0, lo=-1)            # steps between evaluations (0: at the end only, -1: never)
     batch_size: int = bounded(64, lo=1)
+    # prompts of each class: method (METHOD's caption sentence), emotion (an ensemble of 8
+    # phrasings), or a file of templates (one a line, {} for the class name)
+    templates: str = "method"
 
 
 @dataclass

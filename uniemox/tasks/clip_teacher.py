@@ -12,7 +12,7 @@ import torch
 from uniemox.config import recipe, to_dict
 from uniemox.data import (build_labeled_loader, build_pretrain_loader, ensure_sample_shards, epoch_size,
                           expand_urls, load_manifest, shard_urls)
-from uniemox.data.prompts import emotion_prompt, shorten_captions
+from uniemox.data.prompts import load_templates, shorten_captions
 from uniemox.data.transforms import model_input
 from uniemox.errors import UserError
 from uniemox.io import atomic_save, atomic_write_json
@@ -76,6 +76,7 @@ class TeacherTask(Task):
         sample_root = None if cfg.data.shards else ensure_sample_shards(rank=run.rank)
         self.shards = cfg.data.shards or sample_root
         self.eval_urls, self.classes = self._eval_set(sample_root)
+        self.templates = load_templates(cfg.eval.templates)  # a bad file stops the run before it starts
         return build_pretrain_loader(self.shards, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                                      image_size=self.image_size, shuffle_buffer=cfg.data.shuffle_buffer,
                                      seed=cfg.data.seed, resampled=cfg.data.resampled, rank=run.rank,
@@ -132,17 +133,21 @@ class TeacherTask(Task):
         return self.cfg.eval.every if self.eval_urls else None
 
     def evaluate(self, engine, step):
-        """Zero-shot accuracy with "The overall emotion conveyed is {class}." prompts. Every rank
-        runs the whole eval set (ZeRO-3 needs every rank in every forward); rank 0 reports."""
-        from uniemox.models.teacher import zero_shot_accuracy
+        """Zero-shot accuracy against each class's prompts (eval.templates; by default "The overall
+        emotion conveyed is {class}."), through open_clip's zero-shot classifier. Every rank runs
+        the whole eval set (ZeRO-3 needs every rank in every forward); rank 0 reports."""
+        from uniemox.models.zero_shot import class_embeddings, zero_shot_accuracy
 
         device, dtype = self.run.device, self.run.dtype
         loader = build_labeled_loader(self.eval_urls, self.cfg.eval.batch_size,
                                       num_workers=min(2, len(self.eval_urls)), image_size=self.image_size)
         engine.eval()
         try:
-            acc, n = zero_shot_accuracy(lambda x: engine(model_input(x, device, dtype), encode_only=True)[0],
-                                        lambda t: engine(None, t, encode_only=True)[1], loader, self.classes)
+            with torch.no_grad():
+                classes = class_embeddings(lambda tokens: engine(None, tokens, encode_only=True)[1],
+                                           self.model.tokenizer, self.classes, self.templates, device)
+                acc, n = zero_shot_accuracy(lambda x: engine(model_input(x, device, dtype), encode_only=True)[0],
+                                            classes, loader)
         finally:
             engine.train()
         self.final = {"eval/zero_shot_accuracy": acc, "eval/images": float(n)}
@@ -164,7 +169,7 @@ class TeacherTask(Task):
         zero_shot = None
         if final:
             zero_shot = {"accuracy": final["eval/zero_shot_accuracy"], "images": int(final["eval/images"]),
-                         "prompt": emotion_prompt("{class}"), "classes": self.classes,
+                         "templates": list(self.templates), "classes": self.classes,
                          "shards": cfg.eval.shards or "sample set, val split"}
         return {"model": cfg.model.name, "init": self.source, "input_norm": cfg.model.input_norm,
                 "command": self.command, "seed": cfg.train.seed, "steps": step, "first_step_loss": self.first_loss,
