@@ -48,6 +48,8 @@ setup(
         "dev": ["pytest>=7", "scikit-image", "scikit-learn"] + DETECT,
         "detect": DETECT,
         "gpu": ["xformers"],
+        # log.report_to wandb / comet; protobuf stays below 5 for tensorboard 2.20 and mediapipe
+        "trackers": ["wandb", "comet_ml", "protobuf>=4.25.3,<5"],
     },
     entry_points={"console_scripts": [
         "uniemox-pretrain = uniemox.launch.pretrain:main",
