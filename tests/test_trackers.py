@@ -19,9 +19,6 @@ from uniemox.config import resolve_config
 from uniemox.config.clip_teacher import TeacherTrainConfig
 from uniemox.errors import UserError
 
-pytest.importorskip("wandb")
-pytest.importorskip("comet_ml")
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, "launch", "train_teacher.py")
 ALL = "log.report_to=[tensorboard,jsonl,csv,wandb,comet]"
@@ -122,6 +119,8 @@ def same_scalars(a, b, name):
 
 
 def test_every_tracker_holds_the_scalars_of_tensorboard_and_a_resume_logs_no_step_twice(tmp_path):
+    pytest.importorskip("wandb", reason="pip install -e '.[trackers]'")
+    pytest.importorskip("comet_ml", reason="pip install -e '.[trackers]'")
     run = tmp_path / "run"
     train(run)
     tb = tensorboard(run)
