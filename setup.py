@@ -52,6 +52,8 @@ setup(
         "remote": REMOTE,
         "detect": DETECT,
         "gpu": ["xformers"],
+        # log.report_to wandb / comet; protobuf stays below 5 for tensorboard 2.20 and mediapipe
+        "trackers": ["wandb", "comet_ml", "protobuf>=4.25.3,<5"],
     },
     entry_points={"console_scripts": [
         "uniemox-pretrain = uniemox.launch.pretrain:main",

@@ -4,13 +4,16 @@
     python launch/predict.py --model best/ photo.jpg --person-view --format json       # + person crop
     python launch/predict.py --zero-shot runs/sample/export photo.jpg                  # no fine-tuning
     python launch/predict.py --zero-shot runs/sample/export --eval shards/emo8 --split test
+    python launch/predict.py --zero-shot runs/sample/export --templates emotion photo.jpg  # prompt ensemble
     python launch/predict.py --model best/ --eval shards/emo8 --split test --out eval_test/
 
 --model: a fine-tuning run's best/ (or any export in timm's layout). --zero-shot: a pretraining
 export (launch/pretrain.py --export): the student's fused token is scored against the teacher's
 text embeddings of "The overall emotion conveyed is {class}." (the teacher of the pretraining
-run, or --teacher-weights). --eval: metrics on a split of a labelled shard set instead of files
-(zero-shot takes the person view from the stored boxes). Bad input: one line, exit code 2.
+run, or --teacher-weights); --templates emotion scores each class by the normalised mean of 8
+phrasings' embeddings (open_clip's zero-shot classifier), --templates FILE by one template a line.
+--eval: metrics on a split of a labelled shard set instead of files (zero-shot takes the person
+view from the stored boxes). Bad input: one line, exit code 2.
 """
 import argparse
 import json
@@ -33,6 +36,9 @@ def parse_args(argv=None):
     p.add_argument("--teacher-weights", help="CLIP weights file for the text side of --zero-shot")
     p.add_argument("--teacher-model", help="open_clip model name of the teacher (default: the pretraining run's)")
     p.add_argument("--teacher-pretrained", help="open_clip pretrained tag of the teacher")
+    p.add_argument("--templates", help="prompt templates of --zero-shot: method (default: METHOD's caption "
+                                       "sentence), emotion (a prompt ensemble), or a file (one template a line, "
+                                       "{} for the class)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--person-view", action="store_true", help="also score the detector's crop of the main person")
@@ -48,14 +54,19 @@ def parse_args(argv=None):
 
 def scorer_of(args, device):
     from uniemox.data import MIKELS_EMOTIONS, load_manifest
+    from uniemox.data.prompts import load_templates
+    from uniemox.errors import UserError
     from uniemox.eval.scorers import classifier_scorer, zero_shot_scorer
 
     if args.model:
+        if args.templates:
+            raise UserError("--templates applies to --zero-shot only")
         return classifier_scorer(args.model, device, args.person_view)
+    templates = load_templates(args.templates or "method")
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else \
         list(load_manifest(args.eval)["classes"] if args.eval else MIKELS_EMOTIONS)
     return zero_shot_scorer(args.zero_shot, classes, device, args.person_view or bool(args.eval),
-                            args.teacher_model, args.teacher_weights, args.teacher_pretrained)
+                            args.teacher_model, args.teacher_weights, args.teacher_pretrained, templates)
 
 
 @torch.no_grad()

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from uniemox.data import MIKELS_EMOTIONS, build_labeled_loader, build_pretrain_loader, ensure_sample_shards, shard_urls
+from uniemox.data.prompts import TEMPLATE_SETS
 from uniemox.data.transforms import model_input
 from uniemox.errors import UserError
 from uniemox.launch.pretrain import config_of, parse_args
-from uniemox.models.teacher import CLIPTeacher, zero_shot_accuracy
+from uniemox.models.teacher import CLIPTeacher
 from uniemox.models.teacher_weights import build_clip, embedded_card, embedded_weights
+from uniemox.models.zero_shot import class_embeddings, zero_shot_accuracy
 
 # The README states this threshold; chance is 1/8. The shipped teacher measured 0.977 (CPU).
 ZERO_SHOT_THRESHOLD = 0.85
@@ -41,7 +43,8 @@ def test_shipped_file_is_small_fp16_and_matches_its_card():
 
 def test_zero_shot_emotion_on_the_sample_val_split_is_well_above_chance(teacher, val_urls):
     loader = build_labeled_loader(val_urls, batch_size=64, num_workers=2, image_size=64)
-    acc, n = zero_shot_accuracy(teacher.encode_image, teacher.encode_text, loader, MIKELS_EMOTIONS)
+    classes = class_embeddings(teacher.encode_text, teacher.tokenizer, MIKELS_EMOTIONS, TEMPLATE_SETS["method"])
+    acc, n = zero_shot_accuracy(teacher.encode_image, classes, loader)
     assert n == 256
     assert acc >= ZERO_SHOT_THRESHOLD, acc
     # the shipped fp16 weights score what the training run measured on its fp32 master weights

@@ -161,3 +161,39 @@ def test_zero_shot_scores_are_cosines_against_the_teachers_class_prompts(pretrai
     assert model.text.shape == (len(CLASSES), 64) and torch.allclose(model.text.norm(dim=-1), torch.ones(4))
     assert torch.allclose(logits, model.logit_scale * g @ model.text.T, atol=1e-5)
     assert np.all(np.abs(logits.numpy()) <= model.logit_scale + 1e-4)
+
+
+def test_zero_shot_prompt_ensemble_scores_follow_the_formula(pretrain_export, photos, tmp_path):
+    """--templates FILE: each class is normalise(mean of its prompts' normalised teacher embeddings)
+    and the logits are the scale times the cosines with it; the scores differ from the default's."""
+    import torch.nn.functional as F
+    from uniemox.convert import read_pretrain_export
+    from uniemox.eval.zeroshot import build_teacher, build_zero_shot
+
+    templates = ("A {} photo.", "It feels like {}.")
+    torch.manual_seed(0)  # the export's random teacher: built from the same seed each time
+    model, _ = build_zero_shot(str(pretrain_export), CLASSES, torch.device("cpu"), templates=templates)
+    torch.manual_seed(0)
+    teacher = build_teacher(read_pretrain_export(str(pretrain_export))[2], torch.device("cpu"))
+    with torch.no_grad():
+        prompts = [F.normalize(teacher.encode_text([t.format(c) for c in CLASSES]), dim=-1) for t in templates]
+        w = F.normalize((prompts[0] + prompts[1]) / 2, dim=-1)
+        torch.testing.assert_close(model.text, w)
+        x = torch.randn(2, 3, 32, 32)
+        torch.testing.assert_close(model(x), teacher.logit_scale * model.embed(x) @ w.T)
+
+    (tmp_path / "prompts.txt").write_text("\n".join(templates) + "\n")
+    runs = [predict(["--zero-shot", str(pretrain_export), str(photos / "chelsea.png"), "--format", "json",
+                     "--top-k", "4", "--classes", ",".join(CLASSES)] + extra) for extra in ([], ["--templates", str(tmp_path / "prompts.txt")])]
+    assert all(p.returncode == 0 for p in runs), runs[-1].stderr[-2000:]
+    default, ensemble = ({t["label"]: t["prob"] for t in json.loads(p.stdout)[0]["top"]} for p in runs)
+    assert set(default) == set(ensemble) == set(CLASSES)
+    assert max(abs(default[c] - ensemble[c]) for c in CLASSES) > 1e-4
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("no slot here\n")
+    for args in (["--zero-shot", str(pretrain_export), "--templates", str(bad)],
+                 ["--model", str(photos), "--templates", "emotion"]):
+        proc = predict(args + [str(photos / "chelsea.png")])
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith("error: ")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from uniemox.errors import UserError
-from uniemox.data.prompts import shorten_captions
+from uniemox.data.prompts import TEMPLATE_SETS, shorten_captions
 from uniemox.launch.train_teacher import config_of, parse_args
 from uniemox.tasks.base import MicroContext
 from uniemox.tasks.clip_teacher import export_teacher_weights
@@ -142,7 +142,9 @@ def test_recorded_command_restarts_from_the_recorded_first_loss(tmp_path):
     # the fault-injection fields left the config for the opt-in hooks module; the shipped run held them empty
     assert [shipped["train"].pop(k) for k in ("inject_nan_steps", "inject_nan_grad_steps")] == [[], []]
     now["train"].pop("single_rank_stage0")  # settings added since: a one-rank run's engine stage,
-    now["data"].pop("io_retries"), now["data"].pop("io_timeout")  # and remote shards' waits
+    now["data"].pop("io_retries"), now["data"].pop("io_timeout")  # remote shards' waits,
+    now.pop("loss")  # how ranks share negatives (one rank: none to share)
+    now["eval"].pop("templates")  # and zero-shot prompts (evaluation only)
     for cfg in (now, shipped):
         cfg["optim"].pop("max_steps"), cfg.pop("log"), cfg.pop("export"), cfg["eval"].pop("every")
         # epochs do not act where max_steps and warmup_steps are set (the recipe sets both)
@@ -174,24 +176,28 @@ def test_resumed_run_continues_with_the_same_losses(tmp_path):
 
 
 def test_two_ranks_zero3_train_evaluate_and_export(tmp_path):
-    """ZeRO-3 partitions every parameter: training, the zero-shot evaluation (every rank runs it)
-    and the export (gathered from the shards) must still work across ranks."""
+    """ZeRO-3 partitions every parameter: training (with both ranks' captions as negatives), the
+    zero-shot evaluation (every rank runs it; here with the prompt ensemble) and the export
+    (gathered from the shards) must still work across ranks."""
     with socket.socket() as sock:  # not the launcher's default port: other runs may hold it
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), TRAIN, "--deepspeed",
            os.path.join(REPO, "configs", "zero3.json"), "--run-dir", str(tmp_path)]
-    proc = subprocess.run(cmd + FAST + ["optim.max_steps=2", "log.every=1", "eval.every=1"],
+    proc = subprocess.run(cmd + FAST + ["optim.max_steps=2", "log.every=1", "eval.every=1", "eval.templates=emotion"],
                           cwd=REPO, capture_output=True, text=True, timeout=600, env=clean_env())
     ok(proc)
     rows = metrics(tmp_path)
     assert sorted(rows) == [1, 2] and all(math.isfinite(r["loss/loss"]) for r in rows.values())
+    # global negatives (open_clip's ClipLoss, local loss): each rank's 32 images against both ranks' captions
+    assert all((r["train/logits_rows"], r["train/logits_cols"]) == (32, 64) for r in rows.values())
     with open(tmp_path / "metrics.jsonl") as f:
         evals = [json.loads(line) for line in f if "eval/zero_shot_accuracy" in line]
     assert [e["step"] for e in evals] == [1, 2] and all(e["eval/images"] == 256 for e in evals)
     t = CLIPTeacher("uniemox-clip-tiny-64", weights=str(tmp_path / "export" / "teacher.safetensors"))
-    assert json.loads((tmp_path / "export" / "teacher.json").read_text())["zero_shot"]["accuracy"] == evals[-1][
-        "eval/zero_shot_accuracy"]
+    zero_shot = json.loads((tmp_path / "export" / "teacher.json").read_text())["zero_shot"]
+    assert zero_shot["accuracy"] == evals[-1]["eval/zero_shot_accuracy"]
+    assert zero_shot["templates"] == list(TEMPLATE_SETS["emotion"])  # the prompt ensemble it was scored with
     assert torch.isfinite(t.encode_text(["The overall emotion conveyed is awe."])).all()
 
 
@@ -211,6 +217,26 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path):
 def test_bad_config_is_refused_before_anything_starts(override, message):
     with pytest.raises(UserError, match=re.escape(message)):
         config_of(parse_args([override]))
+
+
+def loss_of(world, *overrides):
+    from uniemox.tasks.clip_teacher import TeacherTask
+    from uniemox.train.run import Run
+
+    run = Run(rank=1, world=world, device=torch.device("cpu"), run_dir="unused", precision="fp32", dtype=torch.float32)
+    return TeacherTask(config_of(parse_args(list(overrides))), run)._loss()
+
+
+def test_loss_settings_map_to_open_clips_options():
+    loss = loss_of(2)
+    assert (loss.world_size, loss.rank, loss.local_loss, loss.gather_with_grad) == (2, 1, True, True)
+    loss = loss_of(2, "loss.global_negatives=false")
+    assert (loss.world_size, loss.rank) == (1, 0)  # each rank's own batch
+    loss = loss_of(2, "loss.local_loss=false", "loss.gather_with_grad=false")  # open_clip's own defaults
+    assert (loss.world_size, loss.local_loss, loss.gather_with_grad) == (2, False, False)
+    assert loss_of(1).world_size == 1
+    with pytest.raises(UserError, match="loss.local_loss needs loss.gather_with_grad=true"):
+        loss_of(2, "loss.gather_with_grad=false")
 
 
 def test_user_data_gets_no_sample_preset():

@@ -35,11 +35,26 @@ class ClipOptimConfig(OptimConfig):
 
 
 @dataclass
+class ClipLossConfig:
+    # open_clip's ClipLoss across ranks: every image is contrasted with the captions of every rank
+    # (CLIP's global negatives; false: each rank's own batch). One rank: nothing to gather
+    global_negatives: bool = True
+    # open_clip's --local-loss and --gather-with-grad, both on as in open_clip's large runs: each
+    # rank holds [B_local, B_global] logits (linear memory) and the averaged gradient is that of
+    # the global loss. local_loss needs gather_with_grad (open_clip issue #616)
+    local_loss: bool = True
+    gather_with_grad: bool = True
+
+
+@dataclass
 class ZeroShotEvalConfig:
     shards: Optional[str] = None              # labelled shards; none: the sample set's val split
     classes: Optional[List[str]] = None       # class names in label order; none: from the shards' manifest
     every: int = bounded(0, lo=-1)            # steps between evaluations (0: at the end only, -1: never)
     batch_size: int = bounded(64, lo=1)
+    # prompts of each class: method (METHOD's caption sentence), emotion (an ensemble of 8
+    # phrasings), or a file of templates (one a line, {} for the class name)
+    templates: str = "method"
 
 
 @dataclass
@@ -61,5 +76,6 @@ class TeacherTrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     log: TeacherLogConfig = field(default_factory=TeacherLogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    loss: ClipLossConfig = field(default_factory=ClipLossConfig)
     eval: ZeroShotEvalConfig = field(default_factory=ZeroShotEvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

@@ -12,7 +12,8 @@ Precedence, the one rule of every entry point (``resolve_config``)::
 Sections merge key by key at every level; a value replaces a value.
 
 A field declares its allowed values beside its default: ``bounded(1, lo=1)``,
-``bounded(0.75, lo=0.0, hi=1.0, hi_open=True)``, ``choice("auto", "bf16", "fp32")``.
+``bounded(0.75, lo=0.0, hi=1.0, hi_open=True)``, ``choice("auto", "bf16", "fp32")``,
+``subset(["a"], "a", "b", "c")`` (a list of some of the options).
 """
 import copy
 import dataclasses
@@ -40,6 +41,11 @@ def bounded(default, lo=None, hi=None, lo_open: bool = False, hi_open: bool = Fa
 def choice(default, *options):
     """A field that takes one of ``options`` (``default`` among them)."""
     return dataclasses.field(default=default, metadata={"choices": (default,) + tuple(options)})
+
+
+def subset(default: Sequence, *options):
+    """A list field each of whose items is one of ``options``."""
+    return dataclasses.field(default_factory=lambda: list(default), metadata={"subset": tuple(options)})
 
 
 def _check_range(value, spec, key: str) -> None:
@@ -134,6 +140,10 @@ def from_dict(cls: Type[T], data: Dict[str, Any], prefix: str = "") -> T:
         if "choices" in f.metadata and value not in f.metadata["choices"]:
             raise UserError(f"config key {prefix + name!r}: must be one of "
                             f"{', '.join(map(str, f.metadata['choices']))}, got {value!r}")
+        for item in value if "subset" in f.metadata else ():
+            if item not in f.metadata["subset"]:
+                raise UserError(f"config key {prefix + name!r}: each item must be one of "
+                                f"{', '.join(f.metadata['subset'])}, got {item!r}")
     return cfg
 
 

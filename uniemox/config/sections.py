@@ -3,9 +3,9 @@ logging, checkpoints. Defaults are the paper's pretraining settings (METHOD §5)
 changes a default where its recipe differs (e.g. CLIP's betas for teacher training). Every
 numeric field declares its allowed range beside its default (``bounded``)."""
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
-from .core import bounded, choice
+from .core import bounded, choice, subset
 
 
 @dataclass
@@ -45,11 +45,21 @@ class TrainConfig:
     single_rank_stage0: bool = True
 
 
+TRACKERS = ("tensorboard", "jsonl", "csv", "wandb", "comet")
+
+
 @dataclass
 class LogConfig:
     run_dir: str = "runs/pretrain"
-    every: int = bounded(10, lo=1)            # console / TensorBoard / metrics.jsonl scalars
+    every: int = bounded(10, lo=1)            # steps between reports of the scalars (console and trackers)
     progress: bool = True                     # a progress bar on rank 0
+    # where the scalars go, each tracker in the run dir: tensorboard (tb/), jsonl (metrics.jsonl),
+    # csv (csv/: DeepSpeed's CSV monitor), wandb (wandb/), comet (comet/); the last two need
+    # pip install 'uniemox[trackers]'. The run config is each tracker's run config
+    report_to: List[str] = subset(["tensorboard", "jsonl"], *TRACKERS)
+    project: str = "uniemox"                  # the W&B / Comet project
+    run_name: Optional[str] = None            # the W&B / Comet run name; none: the run dir's name
+    online: bool = False                      # W&B / Comet upload as they go; false: local files to sync later
     sample_keys: bool = False                 # samples/rank{r}.jsonl: the sample keys (and epochs) of every step
 
 

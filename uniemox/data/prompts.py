@@ -4,7 +4,10 @@ Parts are joined by spaces; absent attributes are skipped; the emotion sentence 
 always present. EmoSet's attribute names are accepted as they are in its annotations
 (scene, object, brightness, colorfulness, facial_expression, human_action).
 """
-from typing import Mapping, Optional, Sequence, Union
+import os
+from typing import Mapping, Optional, Sequence, Tuple, Union
+
+from uniemox.errors import UserError
 
 MIKELS_EMOTIONS = ("amusement", "anger", "awe", "contentment",
                    "disgust", "excitement", "fear", "sadness")
@@ -34,8 +37,52 @@ def _fmt(value) -> str:
     return str(value)
 
 
+EMOTION_TEMPLATE = "The overall emotion conveyed is {}."  # METHOD §1's emotion sentence
+
+# Zero-shot prompt sets (open_clip's templates: "{}" is where the class name goes). "method": the
+# caption's own sentence, what teachers are trained on; "emotion": phrasings of the same question
+# for a prompt ensemble (CLIP's practice: each class is the mean of its prompts' embeddings).
+TEMPLATE_SETS = {
+    "method": (EMOTION_TEMPLATE,),
+    "emotion": (
+        EMOTION_TEMPLATE,
+        "A photo that evokes {}.",
+        "An image that conveys {}.",
+        "A picture that makes people feel {}.",
+        "The mood of this photo is {}.",
+        "This image expresses {}.",
+        "A scene full of {}.",
+        "The feeling of {} in a photo.",
+    ),
+}
+
+
 def emotion_prompt(emotion: str) -> str:
-    return f"The overall emotion conveyed is {emotion}."
+    return EMOTION_TEMPLATE.format(emotion)
+
+
+def _one_slot(template: str) -> bool:
+    """str.format fills exactly one "{}" and nothing else (as open_clip's builder will call it)."""
+    try:
+        return template.count("{}") == 1 and template.format("\0") == template.replace("{}", "\0")
+    except (IndexError, KeyError, ValueError):
+        return False
+
+
+def load_templates(spec: str) -> Tuple[str, ...]:
+    """A named set of TEMPLATE_SETS, or a text file of templates: one a line, each with one "{}"
+    where the class name goes (blank lines and lines starting with # are skipped)."""
+    if spec in TEMPLATE_SETS:
+        return TEMPLATE_SETS[spec]
+    if not os.path.isfile(spec):
+        raise UserError(f"templates {spec!r}: neither a template set ({', '.join(TEMPLATE_SETS)}) nor a file")
+    with open(spec, encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    bad = [line for line in lines if not _one_slot(line)]
+    if not lines or bad:
+        raise UserError(f"templates file {spec}: " + (f"each line needs one {{}} for the class name (and no other "
+                                                      f"braces), not {bad[0]!r}" if bad else "no template in it"))
+    return tuple(lines)
 
 
 def build_prompt(emotion: str, attributes: Optional[Mapping] = None) -> str:

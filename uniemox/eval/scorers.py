@@ -6,6 +6,7 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
+from uniemox.data.prompts import EMOTION_TEMPLATE
 from uniemox.data.transforms import model_input
 from uniemox.errors import UserError
 
@@ -48,13 +49,15 @@ def classifier_scorer(path: str, device: torch.device, person_view: bool) -> Sco
 
 def zero_shot_scorer(export: str, classes: Sequence[str], device: torch.device, person_view: bool,
                      teacher_model: Optional[str] = None, teacher_weights: Optional[str] = None,
-                     teacher_pretrained: Optional[str] = None) -> Scorer:
-    """The pretrained student's fused token against the teacher's embeddings of the emotion
-    prompt of each class (softmax over classes). With the person view, the person crop is the
-    fusion's B (no person: B is the scene, as in pretraining)."""
+                     teacher_pretrained: Optional[str] = None, templates: Sequence[str] = (EMOTION_TEMPLATE,)
+                     ) -> Scorer:
+    """The pretrained student's fused token against the teacher's prompt ensemble of each class
+    (``templates``; softmax over classes). With the person view, the person crop is the fusion's
+    B (no person: B is the scene, as in pretraining)."""
     from .zeroshot import build_zero_shot, image_size_of
 
-    model, run_config = build_zero_shot(export, classes, device, teacher_model, teacher_weights, teacher_pretrained)
+    model, run_config = build_zero_shot(export, classes, device, teacher_model, teacher_weights, teacher_pretrained,
+                                        templates)
 
     def score(scene: torch.Tensor, person: torch.Tensor, has_person: torch.Tensor) -> torch.Tensor:
         scene = model_input(scene, device, torch.float32)

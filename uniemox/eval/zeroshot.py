@@ -2,11 +2,13 @@
 
 Pretraining pulls the fused token gamma = Fusion(alpha, beta) towards the teacher's image
 embedding and makes its similarities to caption embeddings match the teacher's, so gamma
-lives in the teacher's text space. A class c is scored by the caption sentence of its name:
+lives in the teacher's text space. A class c is scored by the teacher's embeddings of prompts
+of its name (open_clip's zero-shot classifier: the normalised mean over the templates t_k, by
+default METHOD's caption sentence "The overall emotion conveyed is {c}." alone):
 
-    t_c = normalise(teacher.encode_text("The overall emotion conveyed is {c}."))
+    w_c = normalise(mean_k normalise(teacher.encode_text(t_k(c))))
     g   = normalise(gamma(image))      alpha = P(LN(cls(scene))), beta = P(LN(cls(person)))
-    p(c | image) = softmax_c(s * <g, t_c>),   s = the teacher's logit scale
+    p(c | image) = softmax_c(s * <g, w_c>),   s = the teacher's logit scale
 
 The encoder runs unmasked (MAE's evaluation practice). Without a person view, B is the whole
 image (pretraining's rule when no person is found).
@@ -18,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from uniemox.data.prompts import emotion_prompt
+from uniemox.data.prompts import EMOTION_TEMPLATE
 from uniemox.convert import read_pretrain_export
 from uniemox.errors import UserError
 
@@ -59,9 +61,12 @@ def load_student(path: str, proj_dim: int, device: torch.device):
     return student.to(device).eval(), run_config
 
 
-def class_text_embeddings(teacher, class_names: Sequence[str], template=emotion_prompt) -> torch.Tensor:
-    """[C, D] normalised teacher text embeddings of one prompt per class."""
-    return F.normalize(teacher.encode_text([template(c) for c in class_names]).float(), dim=-1)
+def class_text_embeddings(teacher, class_names: Sequence[str], templates: Sequence[str] = (EMOTION_TEMPLATE,)
+                          ) -> torch.Tensor:
+    """[C, D] w_c of the module doc: the teacher's prompt ensemble of each class."""
+    from uniemox.models.zero_shot import class_embeddings
+
+    return class_embeddings(teacher.encode_text, teacher.tokenizer, class_names, templates, teacher.device)
 
 
 class ZeroShotClassifier(nn.Module):
@@ -85,12 +90,12 @@ class ZeroShotClassifier(nn.Module):
 
 
 def build_zero_shot(export: str, class_names: Sequence[str], device: torch.device, teacher_model: Optional[str] = None,
-                    teacher_weights: Optional[str] = None, teacher_pretrained: Optional[str] = None
-                    ) -> Tuple[ZeroShotClassifier, Dict]:
+                    teacher_weights: Optional[str] = None, teacher_pretrained: Optional[str] = None,
+                    templates: Sequence[str] = (EMOTION_TEMPLATE,)) -> Tuple[ZeroShotClassifier, Dict]:
     _, _, run_config = read_pretrain_export(export)
     teacher = build_teacher(run_config, device, teacher_model, teacher_weights, teacher_pretrained)
     student, run_config = load_student(export, teacher.embed_dim, device)
-    text = class_text_embeddings(teacher, class_names)
+    text = class_text_embeddings(teacher, class_names, templates)
     model = ZeroShotClassifier(student, text.to(device), teacher.logit_scale).eval()
     return model, run_config
 

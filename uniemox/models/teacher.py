@@ -9,19 +9,18 @@ repeat a lot, and only unseen ones go through the text tower.
 
 The teacher is self-contained so the pretrainer can keep it outside the DeepSpeed engine.
 `ImageInput` (how a student view is fed to the image tower) is shared with the teacher trainer
-(launch/train_teacher.py), and `zero_shot_accuracy` scores any CLIP-like pair of encoders.
+(launch/train_teacher.py); zero-shot classification of any CLIP-like pair of encoders is in zero_shot.py.
 """
 import contextlib
 import logging
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uniemox.data.prompts import emotion_prompt
 from uniemox.data.transforms import IMAGENET_MEAN, IMAGENET_STD, model_input, to_device
 from uniemox.errors import UserError
 from uniemox.models.teacher_weights import PathLike, build_clip
@@ -228,24 +227,3 @@ class CLIPTeacher(nn.Module):
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         """(Omega, Lambda) = (encode_image(images), encode_text(texts))."""
         return self.encode_image(images), self.encode_text(texts)
-
-
-def zero_shot_accuracy(encode_image: Callable[[torch.Tensor], torch.Tensor],
-                       encode_text: Callable[[List[str]], torch.Tensor], batches: Iterable[Dict],
-                       class_names: Sequence[str], template: Callable[[str], str] = emotion_prompt
-                       ) -> Tuple[float, int]:
-    """CLIP zero-shot classification: predict argmax_c cos(image, text(template(class_c))).
-    batches: dicts with "image" [B, 3, H, W] (uint8 views) and "label" [B] (e.g. `build_labeled_loader`);
-    encode_*: a model's encoders (`CLIPTeacher.encode_image` / `encode_text`, or a model in
-    training, called under no_grad). Returns (top-1 accuracy, number of images)."""
-    with torch.no_grad():
-        classes = F.normalize(encode_text([template(c) for c in class_names]).float(), dim=-1)
-        correct = total = 0
-        for batch in batches:
-            image = F.normalize(encode_image(batch["image"]).float(), dim=-1)
-            pred = (image @ classes.to(image.device).t()).argmax(dim=-1).cpu()
-            correct += int((pred == batch["label"].cpu()).sum())
-            total += len(pred)
-    if total == 0:
-        raise UserError("zero-shot evaluation got no images")
-    return correct / total, total

@@ -12,7 +12,7 @@ import torch
 from uniemox.config import recipe, to_dict
 from uniemox.data import (build_labeled_loader, build_pretrain_loader, ensure_sample_shards, epoch_size,
                           expand_urls, load_manifest, shard_urls)
-from uniemox.data.prompts import emotion_prompt, shorten_captions
+from uniemox.data.prompts import load_templates, shorten_captions
 from uniemox.data.tarstream import data_retry
 from uniemox.data.transforms import model_input
 from uniemox.errors import UserError
@@ -43,7 +43,9 @@ class TeacherTask(Task):
 
     def describe(self) -> str:
         where = f"{len(self.eval_urls)} shard(s), {len(self.classes)} classes" if self.eval_urls else "none"
-        return f"{self.cfg.model.name} from {self.source} | zero-shot eval: {where}"
+        ranks = self.model.loss.world_size
+        negatives = f"captions of {ranks} ranks" if ranks > 1 else "the rank's own batch"
+        return f"{self.cfg.model.name} from {self.source} | contrasted with {negatives} | zero-shot eval: {where}"
 
     # -- built once ---------------------------------------------------------------------------------
     def build_model(self):
@@ -54,8 +56,20 @@ class TeacherTask(Task):
         cfg = self.cfg
         clip, self.source = build_clip(cfg.model.name, pretrained=cfg.model.pretrained, weights=cfg.model.weights)
         clip.requires_grad_(True)
-        self.model = ContrastiveCLIP(clip, open_clip.get_tokenizer(cfg.model.name), cfg.model.input_norm)
+        self.model = ContrastiveCLIP(clip, open_clip.get_tokenizer(cfg.model.name), cfg.model.input_norm,
+                                     self._loss())
         return self.model
+
+    def _loss(self):
+        """open_clip's ClipLoss over every rank's captions (loss.global_negatives), or this rank's."""
+        from uniemox.losses.clip_contrastive import CappedClipLoss
+
+        c = self.cfg.loss
+        if c.global_negatives and c.local_loss and not c.gather_with_grad:
+            raise UserError("loss.local_loss needs loss.gather_with_grad=true: without the gradient through the "
+                            "gather, the other ranks' terms of each embedding are lost (open_clip issue #616)")
+        world = self.run.world if c.global_negatives else 1
+        return CappedClipLoss(self.run.rank if world > 1 else 0, world, c.local_loss, c.gather_with_grad)
 
     def build_data(self):
         cfg, run = self.cfg, self.run
@@ -63,6 +77,7 @@ class TeacherTask(Task):
         sample_root = None if cfg.data.shards else ensure_sample_shards(rank=run.rank)
         self.shards = cfg.data.shards or sample_root
         self.eval_urls, self.classes = self._eval_set(sample_root)
+        self.templates = load_templates(cfg.eval.templates)  # a bad file stops the run before it starts
         return build_pretrain_loader(self.shards, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                                      image_size=self.image_size, shuffle_buffer=cfg.data.shuffle_buffer,
                                      seed=cfg.data.seed, resampled=cfg.data.resampled, rank=run.rank,
@@ -104,7 +119,8 @@ class TeacherTask(Task):
         texts = shorten_captions(batch["text"], self.cfg.data.emotion_only_prob, ctx.generator(CAPTION_SALT))
         out = engine(model_input(batch["scene"], self.run.device, self.run.dtype), texts)
         return out["loss"], {"loss/loss": out["loss"], "train/batch_accuracy": out["batch_accuracy"],
-                             "train/logit_scale": out["logit_scale"]}
+                             "train/logit_scale": out["logit_scale"],  # the logits' shape: [own images, captions]
+                             "train/logits_rows": out["logits_rows"], "train/logits_cols": out["logits_cols"]}
 
     def on_report(self, step, values):
         if step == 1:
@@ -119,17 +135,21 @@ class TeacherTask(Task):
         return self.cfg.eval.every if self.eval_urls else None
 
     def evaluate(self, engine, step):
-        """Zero-shot accuracy with "The overall emotion conveyed is {class}." prompts. Every rank
-        runs the whole eval set (ZeRO-3 needs every rank in every forward); rank 0 reports."""
-        from uniemox.models.teacher import zero_shot_accuracy
+        """Zero-shot accuracy against each class's prompts (eval.templates; by default "The overall
+        emotion conveyed is {class}."), through open_clip's zero-shot classifier. Every rank runs
+        the whole eval set (ZeRO-3 needs every rank in every forward); rank 0 reports."""
+        from uniemox.models.zero_shot import class_embeddings, zero_shot_accuracy
 
         device, dtype = self.run.device, self.run.dtype
         loader = build_labeled_loader(self.eval_urls, self.cfg.eval.batch_size,
                                       num_workers=min(2, len(self.eval_urls)), image_size=self.image_size)
         engine.eval()
         try:
-            acc, n = zero_shot_accuracy(lambda x: engine(model_input(x, device, dtype), encode_only=True)[0],
-                                        lambda t: engine(None, t, encode_only=True)[1], loader, self.classes)
+            with torch.no_grad():
+                classes = class_embeddings(lambda tokens: engine(None, tokens, encode_only=True)[1],
+                                           self.model.tokenizer, self.classes, self.templates, device)
+                acc, n = zero_shot_accuracy(lambda x: engine(model_input(x, device, dtype), encode_only=True)[0],
+                                            classes, loader)
         finally:
             engine.train()
         self.final = {"eval/zero_shot_accuracy": acc, "eval/images": float(n)}
@@ -151,7 +171,7 @@ class TeacherTask(Task):
         zero_shot = None
         if final:
             zero_shot = {"accuracy": final["eval/zero_shot_accuracy"], "images": int(final["eval/images"]),
-                         "prompt": emotion_prompt("{class}"), "classes": self.classes,
+                         "templates": list(self.templates), "classes": self.classes,
                          "shards": cfg.eval.shards or "sample set, val split"}
         return {"model": cfg.model.name, "init": self.source, "input_norm": cfg.model.input_norm,
                 "command": self.command, "seed": cfg.train.seed, "steps": step, "first_step_loss": self.first_loss,

@@ -1,18 +1,19 @@
-"""What the trainer reports: TensorBoard scalars, a console progress bar, MFU, memory.
+"""What the trainer reports: throughput, MFU, memory, and the writer that takes the scalars to the
+trackers (trackers.py).
 
 Throughput is measured over the steps since the last report; the data-loading share is
 the time spent waiting for the next batch over the whole step time.
 """
-import json
 import logging
+import json
 import os
 import re
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 
-from uniemox.io import atomic_write_text
+from .trackers import cut_after, jsonl_step, open_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -80,40 +81,42 @@ class StepTimer:
 
 
 class MetricsWriter:
-    """TensorBoard plus ``metrics.jsonl`` (one JSON object per report, easy to grep or plot)
-    on rank 0; on other ranks (run_dir None) it writes nothing.
+    """The report's scalars to every tracker of ``report_to`` (trackers.py: TensorBoard and
+    ``metrics.jsonl`` by default; CSV, W&B, Comet) on rank 0; on other ranks (run_dir None) it
+    writes nothing.
 
     ``start_step``: the step the run starts from (a resume's checkpoint step; 0 for a fresh run).
-    What an earlier attempt logged beyond it is dropped (TensorBoard's ``purge_step``, the JSONL
-    rewritten atomically), so every step is logged once however often the run was resumed."""
+    What an earlier attempt logged beyond it is dropped where the tracker allows (trackers.py), so
+    every step is logged once however often the run was resumed. ``log``: the run's log section
+    (W&B / Comet project, name, online; default: LogConfig's), ``run_config``: what the trackers
+    record as the run's config."""
 
-    def __init__(self, run_dir: Optional[str], start_step: int = 0):
-        self.tb = self.jsonl = None
+    def __init__(self, run_dir: Optional[str], start_step: int = 0, report_to: Sequence[str] = ("tensorboard", "jsonl"),
+                 log=None, run_config: Optional[Dict] = None):
+        self.trackers = []
         if run_dir:
-            from torch.utils.tensorboard import SummaryWriter
-            path = os.path.join(run_dir, "metrics.jsonl")
-            _truncate_jsonl(path, start_step)
-            self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_step + 1)
-            self.jsonl = open(path, "a", encoding="utf-8")
+            from uniemox.config.sections import LogConfig
+            self.trackers = open_trackers(list(report_to), run_dir, start_step, run_config or {}, log or LogConfig())
+
+    @property
+    def where(self) -> str:
+        """Where the scalars go, one clause a tracker (for the run's start-up line)."""
+        return " | ".join(t.where for t in self.trackers)
 
     def scalars(self, values: Dict[str, float], step: int, extra: Optional[Dict] = None) -> None:
-        """``values`` go to TensorBoard and the JSONL; ``extra`` (non-scalars) to the JSONL only."""
-        if self.tb:
-            for key, value in values.items():
-                self.tb.add_scalar(key, value, step)
-            self.jsonl.write(json.dumps(dict(values, **(extra or {}), step=step)) + "\n")
-            self.jsonl.flush()
+        """``values`` go to every tracker; ``extra`` (non-scalars) to the JSONL only."""
+        for tracker in self.trackers:
+            tracker.log(values, step, extra or {})
 
     def image(self, tag: str, chw: torch.Tensor, step: int) -> None:
-        if self.tb:
-            self.tb.add_image(tag, chw, step)
+        for tracker in self.trackers:
+            if hasattr(tracker, "image"):  # TensorBoard's
+                tracker.image(tag, chw, step)
 
     def close(self) -> None:
-        if self.tb:
-            self.tb.flush()
-            self.tb.close()
-            self.jsonl.close()
-            self.tb = None
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
 
 class SampleLog:
@@ -131,9 +134,9 @@ class SampleLog:
                 for name in os.listdir(folder):
                     match = re.fullmatch(r"rank(\d+)\.jsonl", name)
                     if match and int(match.group(1)) >= world:
-                        _truncate_jsonl(os.path.join(folder, name), start_step)
+                        cut_after(os.path.join(folder, name), start_step, jsonl_step)
             path = os.path.join(folder, f"rank{rank}.jsonl")
-            _truncate_jsonl(path, start_step)
+            cut_after(path, start_step, jsonl_step)
             self.file = open(path, "a", encoding="utf-8")
 
     def write(self, step: int, micro: int, batch: Dict) -> None:
@@ -148,17 +151,3 @@ class SampleLog:
             self.file.close()
             self.file = None
 
-
-def _truncate_jsonl(path: str, last_step: int) -> None:
-    """Keep the rows of ``path`` up to ``last_step`` (and lines that do not parse are dropped)."""
-    if not os.path.isfile(path):
-        return
-    kept = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                if json.loads(line)["step"] <= last_step:
-                    kept.append(line if line.endswith("\n") else line + "\n")
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut by a kill mid-write
-    atomic_write_text(path, "".join(kept))

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 
 from .engine import configure_cpu_threads, init_distributed, resolve_precision
+from .trackers import check_trackers
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -26,7 +27,9 @@ class Run(NamedTuple):
 
 
 def start_run(cfg) -> Run:
-    """``cfg`` needs ``log.run_dir``, ``data.num_workers``, ``train.precision`` and ``train.seed``."""
+    """``cfg`` needs ``log.run_dir``, ``log.report_to``, ``data.num_workers``, ``train.precision`` and
+    ``train.seed``."""
+    check_trackers(cfg.log.report_to)  # a missing tracker library stops every rank before anything starts
     dist_info = init_distributed()
     rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
     if rank == 0:

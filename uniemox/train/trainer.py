@@ -142,7 +142,8 @@ class Trainer:
 
     def start_report(self) -> None:
         run, plan, task = self.run, self.plan, self.task
-        self.writer = MetricsWriter(run.run_dir if run.rank == 0 else None, start_step=self.step)
+        self.writer = MetricsWriter(run.run_dir if run.rank == 0 else None, start_step=self.step,
+                                    report_to=self.cfg.log.report_to, log=self.cfg.log, run_config=to_dict(self.cfg))
         self.samples = SampleLog(run.run_dir, run.rank, run.world, self.step, self.cfg.log.sample_keys)
         task.writer = self.writer
         progress = task.name if run.rank == 0 and self.cfg.log.progress else None
@@ -151,9 +152,8 @@ class Trainer:
         self.flops, self.peak = task.flops_per_sample(), device_peak_flops(run.device)
         if run.rank == 0:
             logger.info("run dir %s | %s | %d steps, global batch %d, lr %.2e, warm-up %d | %s, ZeRO-%d, %d rank(s) "
-                        "| TensorBoard: tensorboard --logdir %s", run.run_dir, task.describe(), plan.total_steps,
-                        plan.global_batch, plan.base_lr, plan.warmup_steps, run.precision, zero_stage(self.ds),
-                        run.world, os.path.join(run.run_dir, "tb"))
+                        "| %s", run.run_dir, task.describe(), plan.total_steps, plan.global_batch, plan.base_lr,
+                        plan.warmup_steps, run.precision, zero_stage(self.ds), run.world, self.writer.where)
 
     def batches(self):
         """The loader's endless stream. Its DataLoader seeds workers from the global RNG on the
