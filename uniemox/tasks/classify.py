@@ -24,6 +24,7 @@ class ClassifyTask(Task):
     name = "fine-tune"
     loss_name = "loss/train"
     resume_must_match = Task.resume_must_match + ("train.linear_probe",)
+    compilable = True
 
     @staticmethod
     def recipes(user: Dict) -> List[Dict]:
