@@ -23,5 +23,9 @@ def compile_engine(engine, mode: str, task=None) -> None:
     if task is not None and not getattr(task, "compilable", False):
         raise UserError(f"train.compile: the {task.name} task has no compiled path (pretraining and "
                         f"classification have); set train.compile=false")
+    if engine.zero_optimization_partition_weights() and not engine.is_deepcompile_enabled():
+        # measured: dynamo traces ZeRO-3's partitioned parameters as the empty tensors they are
+        raise UserError("train.compile with ZeRO-3 needs DeepSpeed's DeepCompile (\"compile\": {\"deepcompile\": "
+                        "true} in the DeepSpeed JSON; CUDA only); ZeRO-0/1/2 compile as they are")
     engine.compile(compile_kwargs={} if mode == "default" else {"mode": mode})
     logger.info("torch.compile: %s, mode %s (the first step compiles)", type(engine.module).__name__, mode)
