@@ -157,7 +157,9 @@ def grid_from_args(args: argparse.Namespace, device: torch.device) -> List[StepC
         raise UserError(f"--compile takes eager and/or compiled, got {args.compile}")
     if "compiled" in compiles and args.warmup < 1:
         raise UserError("--compile compiled needs --warmup 1 or more: the first step compiles")
-    return [StepCase(*c) for c in itertools.product(models, batches, ratios, attns, kernels, zeros, compiles)]
+    # eager cases first: a sweep cut short by its time-out keeps them (inductor compiles for minutes)
+    return [StepCase(*c[1:], compile=c[0])
+            for c in itertools.product(compiles, models, batches, ratios, attns, kernels, zeros)]
 
 
 def _probe_attention(backend: str, device: torch.device) -> None:
