@@ -105,6 +105,22 @@ def test_the_student_step_is_one_graph_without_a_break(teacher, impl):
     assert _ops(graph) == (FORWARD_OPS if impl == "triton" else set())
 
 
+@pytest.mark.parametrize("probe", [False, True])
+def test_the_classifier_is_one_graph_without_a_break(probe):
+    """Fine-tuning's encoder with its head (drop-path on), and the linear probe (frozen encoder
+    under no_grad, BatchNorm head)."""
+    from uniemox.finetune.heads import LinearProbe
+    from uniemox.models import create_encoder
+
+    torch.manual_seed(0)
+    encoder = create_encoder("uniemox_vit_tiny_patch16", num_classes=0 if probe else 6, drop_path_rate=0.1,
+                             attn_backend="sdpa", img_size=32, depth=2)
+    model = LinearProbe(encoder, 6) if probe else encoder
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(torch.randn(4, 3, 32, 32))
+    assert explained.break_reasons == [] and explained.graph_break_count == 0 and explained.graph_count == 1
+
+
 def test_a_graph_break_would_be_seen():
     """The explain check above can fail: a host read in the step breaks the graph."""
     def step(x):
