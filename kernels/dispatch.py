@@ -1,5 +1,4 @@
 """Choosing between a Triton kernel and its PyTorch reference."""
-import functools
 import os
 
 import torch
@@ -7,8 +6,9 @@ import torch
 IMPLS = ("auto", "torch", "triton")
 
 
-@functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
+    # not lru_cache'd: torch.compile traces through the cache with a warning; after the first
+    # import this is a look-up in sys.modules
     try:
         import triton  # noqa: F401
     except Exception:  # a broken triton install is the same as none for dispatch

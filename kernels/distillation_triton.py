@@ -147,35 +147,49 @@ def _distill_kernel(s_ptr, o_ptr, t_ptr, rows_ptr, gsim_ptr, gcon_ptr, B, M, C, 
             tl.store(gcon_ptr + offs, gcon, mask=rk)
 
 
-class _DistillationLosses(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, student, teacher_image, teacher_text, need_grad):
-        batch, width = student.shape
-        rows_m = teacher_text.shape[0]
-        student, teacher_image = student.contiguous(), teacher_image.contiguous()
-        teacher_text = teacher_text.contiguous()
-        cosines = torch.empty(2, batch, device=student.device, dtype=torch.float32)
-        grads = (torch.empty(2, batch, width, device=student.device, dtype=torch.float32)
-                 if need_grad else cosines)
-        _distill_kernel[(triton.cdiv(batch, BLOCK_B),)](
-            student, teacher_image, teacher_text, cosines, grads[0], grads[1],
-            batch, rows_m, width, EPS, NEED_GRAD=need_grad, BLOCK_B=BLOCK_B,
-            BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, PRECISION=DOT_PRECISION)
-        if need_grad:
-            ctx.save_for_backward(grads)
-        ctx.student_dtype = student.dtype
-        similarity, contrastive = (1.0 - cosines.mean(dim=1)).unbind(0)
-        return similarity, contrastive
+def _distill_outputs(student: torch.Tensor, need_grad: bool):
+    """(cosines [2, B], the student-gradient rows [2, B, C] or an empty tensor), fp32."""
+    batch, width = student.shape
+    return (student.new_empty(2, batch, dtype=torch.float32),
+            student.new_empty((2, batch, width) if need_grad else (0,), dtype=torch.float32))
 
-    @staticmethod
-    def backward(ctx, grad_similarity, grad_contrastive):
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        (grads,) = ctx.saved_tensors
-        weights = torch.stack([torch.zeros((), device=grads.device) if g is None else g.float()
-                               for g in (grad_similarity, grad_contrastive)])
-        grad_student = torch.einsum("k,kbc->bc", weights, grads)
-        return grad_student.to(ctx.student_dtype), None, None, None
+
+# A torch.library custom op: one opaque node under torch.compile (no graph break, nothing traced
+# inside); the fake implementation gives the compiler the output shapes.
+@torch.library.custom_op("uniemox::distillation_losses", mutates_args=())
+def _distillation_op(student: torch.Tensor, teacher_image: torch.Tensor, teacher_text: torch.Tensor,
+                     need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """-> (losses [2] = (L2, L1), fp32; the gradient rows of both losses when ``need_grad``)."""
+    batch, width = student.shape
+    cosines, grads = _distill_outputs(student, need_grad)
+    _distill_kernel[(triton.cdiv(batch, BLOCK_B),)](
+        student.contiguous(), teacher_image.contiguous(), teacher_text.contiguous(), cosines,
+        grads[0] if need_grad else cosines, grads[1] if need_grad else cosines,
+        batch, teacher_text.shape[0], width, EPS, NEED_GRAD=need_grad, BLOCK_B=BLOCK_B,
+        BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, PRECISION=DOT_PRECISION)
+    return 1.0 - cosines.mean(dim=1), grads
+
+
+@_distillation_op.register_fake
+def _(student, teacher_image, teacher_text, need_grad):
+    return student.new_empty(2, dtype=torch.float32), _distill_outputs(student, need_grad)[1]
+
+
+def _distillation_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.student_dtype = inputs[0].dtype
+    ctx.mark_non_differentiable(output[1])
+
+
+def _distillation_backward(ctx, grad_losses, _grad_rows):
+    if not ctx.needs_input_grad[0]:
+        return None, None, None, None
+    (grads,) = ctx.saved_tensors
+    grad_student = torch.einsum("k,kbc->bc", grad_losses.float(), grads)
+    return grad_student.to(ctx.student_dtype), None, None, None
+
+
+_distillation_op.register_autograd(_distillation_backward, setup_context=_distillation_setup)
 
 
 def distillation_losses_triton(student: torch.Tensor, teacher_image: torch.Tensor,
@@ -194,4 +208,5 @@ def distillation_losses_triton(student: torch.Tensor, teacher_image: torch.Tenso
         raise ValueError("student and teacher embeddings must be on one device")
     # forward runs with grad mode off: decide here whether the gradient rows are needed
     need_grad = torch.is_grad_enabled() and student.requires_grad
-    return _DistillationLosses.apply(student, teacher_image, teacher_text, need_grad)
+    similarity, contrastive = _distillation_op(student, teacher_image, teacher_text, need_grad)[0].unbind(0)
+    return similarity, contrastive

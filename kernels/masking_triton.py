@@ -127,91 +127,144 @@ def _unmask_bwd_kernel(grad_out_ptr, ids_ptr, grad_kept_ptr, token_part_ptr, L, 
         tl.store(part + d, token_sum, mask=dm)
 
 
-def _out_dtype(x: torch.Tensor, pos_embed: Optional[torch.Tensor]) -> torch.dtype:
+def _out_dtype(x: torch.Tensor, pos: Optional[torch.Tensor]) -> torch.dtype:
     # the reference adds pos_embed with PyTorch's type promotion
-    return x.dtype if pos_embed is None else torch.result_type(x, pos_embed)
+    return x.dtype if pos is None else torch.result_type(x, pos)
 
 
-def _pos_grad(grad: torch.Tensor, meta: Tuple[torch.Size, torch.dtype]) -> torch.Tensor:
+def _pos_grad(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """pos_embed is shared by the batch: its gradient is the batch sum (accumulated in fp32)."""
-    shape, dtype = meta
-    return grad.sum(dim=0, dtype=torch.float32).to(dtype).reshape(shape)
+    return grad.sum(dim=0, dtype=torch.float32).to(dtype)
 
 
-class _RandomMasking(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, noise, len_keep, pos_embed):
-        n, length, dim = x.shape
-        x = x.contiguous()
-        noise = noise.contiguous()
-        pos = None if pos_embed is None else pos_embed.reshape(length, dim).contiguous()
-        out_dtype = _out_dtype(x, pos_embed)
-        kept = torch.empty(n, len_keep, dim, device=x.device, dtype=out_dtype)
-        mask = torch.empty(n, length, device=x.device, dtype=out_dtype)
-        ids_restore = torch.empty(n, length, device=x.device, dtype=torch.int64)
-        grid = (n, triton.cdiv(length, BLOCK_I))
-        _mask_fwd_kernel[grid](x, x if pos is None else pos, noise, kept, mask, ids_restore,
-                               length, dim, len_keep, HAS_POS=pos is not None,
-                               BLOCK_I=BLOCK_I, BLOCK_J=BLOCK_J, BLOCK_D=_block_d(dim))
-        ctx.save_for_backward(ids_restore)
-        ctx.x_dtype = x.dtype
-        ctx.pos_meta = None if pos_embed is None else (pos_embed.shape, pos_embed.dtype)
-        ctx.mark_non_differentiable(mask, ids_restore)
-        return kept, mask, ids_restore
-
-    @staticmethod
-    def backward(ctx, grad_kept, _grad_mask, _grad_ids):
-        (ids_restore,) = ctx.saved_tensors
-        n, length = ids_restore.shape
-        len_keep, dim = grad_kept.shape[1], grad_kept.shape[2]
-        need_x, _, _, need_pos = ctx.needs_input_grad
-        # full gradient in the promoted dtype; split into x's and pos_embed's dtypes
-        grad = torch.empty(n, length, dim, device=grad_kept.device, dtype=grad_kept.dtype)
-        _mask_bwd_kernel[(n, triton.cdiv(length, BLOCK_I))](
-            grad_kept.contiguous(), ids_restore, grad, length, dim, len_keep,
-            BLOCK_I=BLOCK_I, BLOCK_D=_block_d(dim))
-        grad_x = grad.to(ctx.x_dtype) if need_x else None
-        grad_pos = _pos_grad(grad, ctx.pos_meta) if need_pos else None
-        return grad_x, None, None, grad_pos
+# Each kernel launch is a torch.library custom op: torch.compile keeps it as one opaque node of
+# the graph (no graph break, nothing traced inside), and the fake implementations (the output
+# allocations, shared with the real ones) give the compiler shapes and dtypes.
+def _masking_outputs(x: torch.Tensor, len_keep: int, pos: Optional[torch.Tensor]):
+    n, length, dim = x.shape
+    dtype = _out_dtype(x, pos)
+    return (x.new_empty(n, len_keep, dim, dtype=dtype), x.new_empty(n, length, dtype=dtype),
+            x.new_empty(n, length, dtype=torch.int64))
 
 
-class _UnmaskTokens(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, kept, mask_token, ids_restore, pos_embed):
-        n, len_keep, dim = kept.shape
-        length = ids_restore.shape[1]
-        kept = kept.contiguous()
-        ids = ids_restore.contiguous().to(torch.int64)
-        # the reference casts the token to kept's dtype before adding pos_embed
-        token = mask_token.reshape(dim).to(kept.dtype).contiguous()
-        pos = None if pos_embed is None else pos_embed.reshape(length, dim).contiguous()
-        out = torch.empty(n, length, dim, device=kept.device, dtype=_out_dtype(kept, pos_embed))
-        _unmask_fwd_kernel[(n, triton.cdiv(length, BLOCK_I))](
-            kept, token, kept if pos is None else pos, ids, out, length, dim, len_keep,
-            HAS_POS=pos is not None, BLOCK_I=BLOCK_I, BLOCK_D=_block_d(dim))
-        ctx.save_for_backward(ids)
-        ctx.len_keep, ctx.kept_dtype = len_keep, kept.dtype
-        ctx.token_meta = (mask_token.shape, mask_token.dtype)
-        ctx.pos_meta = None if pos_embed is None else (pos_embed.shape, pos_embed.dtype)
-        return out
+@torch.library.custom_op("uniemox::random_masking", mutates_args=())
+def _random_masking_op(x: torch.Tensor, noise: torch.Tensor, len_keep: int, pos: Optional[torch.Tensor]
+                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [N, L, D], noise [N, L], pos [L, D] or None -> (kept, mask, ids_restore)."""
+    n, length, dim = x.shape
+    kept, mask, ids_restore = _masking_outputs(x, len_keep, pos)
+    x = x.contiguous()
+    pos = None if pos is None else pos.contiguous()
+    _mask_fwd_kernel[(n, triton.cdiv(length, BLOCK_I))](
+        x, x if pos is None else pos, noise.contiguous(), kept, mask, ids_restore, length, dim, len_keep,
+        HAS_POS=pos is not None, BLOCK_I=BLOCK_I, BLOCK_J=BLOCK_J, BLOCK_D=_block_d(dim))
+    return kept, mask, ids_restore
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        (ids,) = ctx.saved_tensors
-        n, length, dim = grad_out.shape
-        need_kept, need_token, _, need_pos = ctx.needs_input_grad
-        grad_out = grad_out.contiguous()
-        blocks = triton.cdiv(length, BLOCK_I)
-        grad_kept = torch.empty(n, ctx.len_keep, dim, device=grad_out.device, dtype=ctx.kept_dtype)
-        token_part = torch.empty(n * blocks, dim, device=grad_out.device, dtype=torch.float32)
-        _unmask_bwd_kernel[(n, blocks)](grad_out, ids, grad_kept, token_part, length, dim,
-                                        ctx.len_keep, BLOCK_I=BLOCK_I, BLOCK_D=_block_d(dim))
-        grad_token = None
-        if need_token:
-            shape, dtype = ctx.token_meta
-            grad_token = token_part.sum(dim=0).to(dtype).reshape(shape)
-        grad_pos = _pos_grad(grad_out, ctx.pos_meta) if need_pos else None
-        return grad_kept if need_kept else None, grad_token, None, grad_pos
+
+@_random_masking_op.register_fake
+def _(x, noise, len_keep, pos):
+    return _masking_outputs(x, len_keep, pos)
+
+
+@torch.library.custom_op("uniemox::random_masking_backward", mutates_args=())
+def _random_masking_backward_op(grad_kept: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+    """-> the gradient of every token [N, L, D] (zeros for removed ones), in grad_kept's dtype."""
+    n, length = ids_restore.shape
+    len_keep, dim = grad_kept.shape[1], grad_kept.shape[2]
+    grad = grad_kept.new_empty(n, length, dim)
+    _mask_bwd_kernel[(n, triton.cdiv(length, BLOCK_I))](
+        grad_kept.contiguous(), ids_restore.contiguous(), grad, length, dim, len_keep,
+        BLOCK_I=BLOCK_I, BLOCK_D=_block_d(dim))
+    return grad
+
+
+@_random_masking_backward_op.register_fake
+def _(grad_kept, ids_restore):
+    return grad_kept.new_empty(*ids_restore.shape, grad_kept.shape[2])
+
+
+def _random_masking_setup(ctx, inputs, output):
+    x, _, _, pos = inputs
+    ctx.save_for_backward(output[2])
+    ctx.x_dtype, ctx.pos_dtype = x.dtype, None if pos is None else pos.dtype
+    ctx.mark_non_differentiable(output[1], output[2])
+
+
+def _random_masking_backward(ctx, grad_kept, _grad_mask, _grad_ids):
+    (ids_restore,) = ctx.saved_tensors
+    need_x, _, _, need_pos = ctx.needs_input_grad
+    # full gradient in the promoted dtype; split into x's and pos_embed's dtypes
+    grad = _random_masking_backward_op(grad_kept, ids_restore)
+    return (grad.to(ctx.x_dtype) if need_x else None, None, None,
+            _pos_grad(grad, ctx.pos_dtype) if need_pos else None)
+
+
+_random_masking_op.register_autograd(_random_masking_backward, setup_context=_random_masking_setup)
+
+
+@torch.library.custom_op("uniemox::unmask_tokens", mutates_args=())
+def _unmask_tokens_op(kept: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor,
+                      pos: Optional[torch.Tensor]) -> torch.Tensor:
+    """kept [N, K, D], mask_token [D], ids_restore [N, L] int64, pos [L, D] or None -> [N, L, D]."""
+    n, len_keep, dim = kept.shape
+    length = ids_restore.shape[1]
+    kept = kept.contiguous()
+    # the reference casts the token to kept's dtype before adding pos_embed
+    token = mask_token.to(kept.dtype).contiguous()
+    pos = None if pos is None else pos.contiguous()
+    out = kept.new_empty(n, length, dim, dtype=_out_dtype(kept, pos))
+    _unmask_fwd_kernel[(n, triton.cdiv(length, BLOCK_I))](
+        kept, token, kept if pos is None else pos, ids_restore.contiguous(), out, length, dim, len_keep,
+        HAS_POS=pos is not None, BLOCK_I=BLOCK_I, BLOCK_D=_block_d(dim))
+    return out
+
+
+@_unmask_tokens_op.register_fake
+def _(kept, mask_token, ids_restore, pos):
+    return kept.new_empty(kept.shape[0], ids_restore.shape[1], kept.shape[2], dtype=_out_dtype(kept, pos))
+
+
+def _unmask_backward_outputs(grad_out: torch.Tensor, len_keep: int, kept_dtype: torch.dtype):
+    n, length, dim = grad_out.shape
+    blocks = triton.cdiv(length, BLOCK_I)
+    return (grad_out.new_empty(n, len_keep, dim, dtype=kept_dtype),
+            grad_out.new_empty(n * blocks, dim, dtype=torch.float32))
+
+
+@torch.library.custom_op("uniemox::unmask_tokens_backward", mutates_args=())
+def _unmask_tokens_backward_op(grad_out: torch.Tensor, ids_restore: torch.Tensor, len_keep: int,
+                               kept_dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """-> (grad_kept [N, K, D], per-program fp32 partial sums of the mask token's gradient)."""
+    n, length, dim = grad_out.shape
+    grad_kept, token_part = _unmask_backward_outputs(grad_out, len_keep, kept_dtype)
+    _unmask_bwd_kernel[(n, triton.cdiv(length, BLOCK_I))](
+        grad_out.contiguous(), ids_restore.contiguous(), grad_kept, token_part, length, dim, len_keep,
+        BLOCK_I=BLOCK_I, BLOCK_D=_block_d(dim))
+    return grad_kept, token_part
+
+
+@_unmask_tokens_backward_op.register_fake
+def _(grad_out, ids_restore, len_keep, kept_dtype):
+    return _unmask_backward_outputs(grad_out, len_keep, kept_dtype)
+
+
+def _unmask_setup(ctx, inputs, output):
+    kept, mask_token, ids_restore, pos = inputs
+    ctx.save_for_backward(ids_restore)
+    ctx.len_keep, ctx.kept_dtype, ctx.token_dtype = kept.shape[1], kept.dtype, mask_token.dtype
+    ctx.pos_dtype = None if pos is None else pos.dtype
+
+
+def _unmask_backward(ctx, grad_out):
+    (ids_restore,) = ctx.saved_tensors
+    need_kept, need_token, _, need_pos = ctx.needs_input_grad
+    grad_kept, token_part = _unmask_tokens_backward_op(grad_out, ids_restore, ctx.len_keep, ctx.kept_dtype)
+    grad_token = token_part.sum(dim=0).to(ctx.token_dtype) if need_token else None
+    grad_pos = _pos_grad(grad_out, ctx.pos_dtype) if need_pos else None
+    return grad_kept if need_kept else None, grad_token, None, grad_pos
+
+
+_unmask_tokens_op.register_autograd(_unmask_backward, setup_context=_unmask_setup)
 
 
 def _check_same_device(*tensors: Optional[torch.Tensor]) -> None:
@@ -230,7 +283,8 @@ def random_masking_triton(x: torch.Tensor, noise: torch.Tensor, len_keep: int,
     if not 0 <= len_keep <= length:
         raise ValueError(f"len_keep must be in [0, {length}], got {len_keep}")
     _check_same_device(x, noise, pos_embed)
-    return _RandomMasking.apply(x, noise, int(len_keep), pos_embed)
+    pos = None if pos_embed is None else pos_embed.reshape(length, dim)
+    return _random_masking_op(x, noise, int(len_keep), pos)
 
 
 def unmask_tokens_triton(kept: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor,
@@ -242,4 +296,6 @@ def unmask_tokens_triton(kept: torch.Tensor, mask_token: torch.Tensor, ids_resto
     if mask_token.numel() != kept.shape[2]:
         raise ValueError(f"mask_token has {mask_token.numel()} values, kept rows have {kept.shape[2]}")
     _check_same_device(kept, mask_token, ids_restore, pos_embed)
-    return _UnmaskTokens.apply(kept, mask_token, ids_restore, pos_embed)
+    dim = kept.shape[2]
+    pos = None if pos_embed is None else pos_embed.reshape(ids_restore.shape[1], dim)
+    return _unmask_tokens_op(kept, mask_token.reshape(dim), ids_restore.to(torch.int64), pos)

@@ -12,6 +12,8 @@ Patches with mask == 0 are not read at all. The backward kernel recomputes the t
 writes  d loss / d pred_e = grad * mask * 2 (pred_e - t_e) / (P * sum(mask))  (zeros for kept
 patches). Everything is computed in fp32 whatever the input dtypes, as the reference.
 """
+from typing import Tuple
+
 import torch
 import triton
 import triton.language as tl
@@ -76,33 +78,62 @@ def _launch_meta(patch_size: int, norm_pix: bool) -> dict:
                 num_warps=4 if block_p <= 1024 else 8)
 
 
-class _MaskedReconstructionLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, imgs, pred, mask, patch_size, norm_pix):
-        n, _, h, w = imgs.shape
-        length, per_patch = pred.shape[1], pred.shape[2]
-        imgs, pred, mask = imgs.contiguous(), pred.contiguous(), mask.contiguous()
-        losses = torch.empty(n * length, device=pred.device, dtype=torch.float32)
-        meta = _launch_meta(patch_size, norm_pix)
-        _recon_fwd_kernel[(n * length,)](imgs, pred, mask, losses, length, w // patch_size,
-                                         h, w, per_patch, **meta)
-        mask_sum = mask.sum(dtype=torch.float32)
-        ctx.save_for_backward(imgs, pred, mask, mask_sum)
-        ctx.meta = meta
-        return losses.sum() / mask_sum
+# The two launches are torch.library custom ops: one opaque node each under torch.compile.
+@torch.library.custom_op("uniemox::masked_reconstruction_loss", mutates_args=())
+def _reconstruction_op(imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch_size: int,
+                       norm_pix: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """-> (the loss, sum(mask)), fp32 scalars."""
+    n, _, h, w = imgs.shape
+    length, per_patch = pred.shape[1], pred.shape[2]
+    mask = mask.contiguous()
+    losses = pred.new_empty(n * length, dtype=torch.float32)
+    _recon_fwd_kernel[(n * length,)](imgs.contiguous(), pred.contiguous(), mask, losses, length,
+                                     w // patch_size, h, w, per_patch, **_launch_meta(patch_size, norm_pix))
+    mask_sum = mask.sum(dtype=torch.float32)
+    return losses.sum() / mask_sum, mask_sum
 
-    @staticmethod
-    def backward(ctx, grad_loss):
-        imgs, pred, mask, mask_sum = ctx.saved_tensors
-        if not ctx.needs_input_grad[1]:
-            return None, None, None, None, None
-        n, _, h, w = imgs.shape
-        length, per_patch = pred.shape[1], pred.shape[2]
-        grad_pred = torch.empty_like(pred)
-        _recon_bwd_kernel[(n * length,)](imgs, pred, mask, grad_loss.contiguous(), mask_sum,
-                                         grad_pred, length, w // ctx.meta["PATCH"], h, w,
-                                         per_patch, **ctx.meta)
-        return None, grad_pred, None, None, None
+
+@_reconstruction_op.register_fake
+def _(imgs, pred, mask, patch_size, norm_pix):
+    return pred.new_empty((), dtype=torch.float32), pred.new_empty((), dtype=torch.float32)
+
+
+@torch.library.custom_op("uniemox::masked_reconstruction_loss_backward", mutates_args=())
+def _reconstruction_backward_op(imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
+                                grad_loss: torch.Tensor, mask_sum: torch.Tensor, patch_size: int,
+                                norm_pix: bool) -> torch.Tensor:
+    """-> d loss / d pred, zeros for kept patches."""
+    n, _, h, w = imgs.shape
+    length, per_patch = pred.shape[1], pred.shape[2]
+    pred = pred.contiguous()
+    grad_pred = torch.empty_like(pred)
+    _recon_bwd_kernel[(n * length,)](imgs.contiguous(), pred, mask.contiguous(), grad_loss.contiguous(),
+                                     mask_sum, grad_pred, length, w // patch_size, h, w, per_patch,
+                                     **_launch_meta(patch_size, norm_pix))
+    return grad_pred
+
+
+@_reconstruction_backward_op.register_fake
+def _(imgs, pred, mask, grad_loss, mask_sum, patch_size, norm_pix):
+    return torch.empty_like(pred, memory_format=torch.contiguous_format)
+
+
+def _reconstruction_setup(ctx, inputs, output):
+    imgs, pred, mask, patch_size, norm_pix = inputs
+    ctx.save_for_backward(imgs, pred, mask, output[1])
+    ctx.patch_size, ctx.norm_pix = patch_size, norm_pix
+    ctx.mark_non_differentiable(output[1])
+
+
+def _reconstruction_backward(ctx, grad_loss, _grad_mask_sum):
+    if not ctx.needs_input_grad[1]:
+        return None, None, None, None, None
+    imgs, pred, mask, mask_sum = ctx.saved_tensors
+    grad_pred = _reconstruction_backward_op(imgs, pred, mask, grad_loss, mask_sum, ctx.patch_size, ctx.norm_pix)
+    return None, grad_pred, None, None, None
+
+
+_reconstruction_op.register_autograd(_reconstruction_backward, setup_context=_reconstruction_setup)
 
 
 def masked_reconstruction_loss_triton(imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
@@ -123,4 +154,4 @@ def masked_reconstruction_loss_triton(imgs: torch.Tensor, pred: torch.Tensor, ma
         raise ValueError(f"mask must be [{n}, {length}], got {list(mask.shape)}")
     if len({imgs.device, pred.device, mask.device}) > 1:
         raise ValueError("imgs, pred and mask must be on one device")
-    return _MaskedReconstructionLoss.apply(imgs, pred, mask, int(patch_size), bool(norm_pix))
+    return _reconstruction_op(imgs, pred, mask, int(patch_size), bool(norm_pix))[0]

@@ -144,6 +144,24 @@ def test_bf16_paths_run_on_the_cpu(tmp_path):
     assert ours["loss_first"] == pytest.approx(ref["loss_first"], rel=2e-2)
 
 
+def test_eager_and_compiled_students_compute_the_same_step(tmp_path):
+    """--compile eager,compiled: a grid dimension (eager cases first), a column of the rows; the
+    compiled student (inductor; one small case: it compiles for a minute or two on 2 cores) gives
+    the reference's first loss, and its first warm-up step holds the compilation."""
+    out = tmp_path / "compile.json"
+    args = TINY + ["--arch", "img_size=32,depth=1,decoder_depth=1", "--batch", "2", "--steps", "1", "--rounds", "1",
+                   "--compile", "eager,compiled", "--out", str(out)]
+    assert main(args) == 0
+    res, rows = _read(out)
+    assert [(r["case"], r["variant"], r["compile"]) for r in res["rows"]] == [
+        (0, "ours", "eager"), (0, "reference", "eager"), (1, "ours", "compiled"), (1, "reference", "eager")]
+    assert [r["compile"] for r in rows] == ["eager", "eager", "compiled", "eager"]
+    eager, compiled = res["rows"][0], res["rows"][2]
+    assert all(r["first_step_s"] > 0 for r in res["rows"]) and compiled["first_step_s"] > eager["first_step_s"]
+    for row in res["rows"]:  # fp32, same seed, batch and masks: the same loss, compiled or not
+        assert row["loss_first"] == pytest.approx(eager["loss_first"], rel=1e-5)
+
+
 @pytest.fixture(scope="module")
 def sample_shards(tmp_path_factory):
     from uniemox.data.sample import ensure_sample_shards
@@ -200,6 +218,8 @@ def test_gpu_preset_fills_only_what_was_not_given():
     (["--arch", "width=2"], "unknown architecture override"),
     (["--attn", "xformers"], "xformers"),
     (["--zero", "5"], "--zero"),
+    (["--compile", "fast"], "--compile"),
+    (["--compile", "compiled", "--warmup", "0"], "--warmup 1"),
     (["--batch", "0"], "--batch"),
     (["--batch", "two"], "--batch"),
     (["--teacher", "RN-nothing"], "--teacher"),

@@ -60,11 +60,11 @@ def test_each_step_measured_what_it_should(smoke):
         assert kernels["dtype"] == dtype and len(kernels["kernels"]) == 5
         assert all(k["max_abs_diff"]["forward"] < 0.1 for k in kernels["kernels"].values())
     configs = steps["step_sweep"]["configs"]
-    assert sorted(configs) == [f"uniemox_vit_{m}_patch16 mask {r} batch 2" for m in ("small", "tiny")
+    assert sorted(configs) == [f"uniemox_vit_{m}_patch16 mask {r} batch 2 eager" for m in ("small", "tiny")
                                for r in (0.75, 0.9)]
     assert all(c["ours"]["samples_per_s"] > 0 and c["reference"]["samples_per_s"] > 0 and c["speedup"] > 0
                for c in configs.values())
-    assert "--compile" in (out / "step_sweep" / "flags.txt").read_text()  # says whether it was passed
+    assert "--compile eager" in (out / "step_sweep" / "flags.txt").read_text()  # passed (compiled on the GPU only)
     assert steps["shards"] == {"samples": 8, "shards": 2}  # 4 photos x 2 copies, 4 per shard
     assert sorted(steps["loader"]["samples_per_s"]) == ["0", "2"]
     # killed after 5 steps (exit 137) with the step-3 checkpoint complete; resumed from it to step 6
@@ -128,3 +128,28 @@ def test_summary_tells_time_outs_failures_and_missing_files_apart(tmp_path):
         "pretrain": "failed: missing pretrain/metrics.jsonl, pretrain/config.yaml, pretrain/checkpoints.txt, "
                     "pretrain/plan.json",
         "resume": "not run: no record"}
+
+
+def test_summary_keys_each_step_case_by_its_compile_setting(tmp_path):
+    """An eager and a compiled case of one configuration stay apart, each with its reference
+    (which runs eager in both); the loader is judged against the faster of the two."""
+    def row(case, variant, compile, sps):
+        return {"case": case, "variant": variant, "compile": compile, "model": "m", "mask_ratio": 0.75, "batch": 2,
+                "attn": "sdpa", "kernels": "torch", "precision": "fp32", "samples_per_s": sps, "mfu": None,
+                "peak_memory_gib": None, "speedup_vs_reference": sps / 1.0, "meets_targets": None}
+    rows = [row(0, "ours", "eager", 2.0), row(0, "reference", "eager", 1.0), row(1, "ours", "compiled", 3.0),
+            row(1, "reference", "eager", 1.1)]
+    (tmp_path / "step.json").write_text(json.dumps({"rows": rows}))
+    sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
+    try:
+        import summary
+    finally:
+        sys.path.pop(0)
+    problem, numbers = summary.check_step(tmp_path / "step.json")
+    configs = numbers["configs"]
+    assert problem is None and sorted(configs) == ["m mask 0.75 batch 2 compiled", "m mask 0.75 batch 2 eager"]
+    assert configs["m mask 0.75 batch 2 compiled"]["ours"]["samples_per_s"] == 3.0
+    assert configs["m mask 0.75 batch 2 compiled"]["reference"]["samples_per_s"] == 1.1
+    steps = {"step_sweep": {"numbers": numbers}, "loader": {"numbers": {"samples_per_s": {"4": 2.5}}}}
+    (loader,) = [t for name, t in summary.targets(steps, "m", gpu=True).items() if name.startswith("loader")]
+    assert loader["step_samples_per_s"] == 3.0 and loader["met"] is False

@@ -74,6 +74,26 @@ def test_text_as_prompts_tokens_or_embeddings_agree(teacher):
         torch.testing.assert_close(a["contrastive"], c["contrastive"])
 
 
+def test_precomputed_teacher_targets_give_the_same_step(teacher):
+    """The trainer calls the teacher first (distillation_targets) and the student with them: the
+    same losses and gradients, bit for bit, as the one-call step; without distillation, None."""
+    scene, person, texts = _batch()
+    noise = torch.rand(4, 4), torch.rand(4, 4)
+    results = []
+    for precomputed in (False, True):
+        m = _pretrainer(teacher)
+        if precomputed:
+            out = m(scene, person, None, *noise, targets=m.distillation_targets(scene, texts))
+        else:
+            out = m(scene, person, texts, *noise)
+        out["loss"].backward()
+        results.append((out["loss"].detach(), m.model.blocks[0].attn.qkv.weight.grad.clone()))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    assert _pretrainer(teacher, losses="reconstruction").distillation_targets(scene, texts) is None
+    with pytest.raises(ValueError, match="prompts"):
+        _pretrainer(teacher).distillation_targets(scene, None)
+
+
 @pytest.mark.parametrize("losses,expected", [
     ("reconstruction", {"reconstruction"}),
     ("similarity", {"similarity"}),

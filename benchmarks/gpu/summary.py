@@ -101,9 +101,11 @@ def check_kernels(path: Path):
 
 def check_step(path: Path):
     res = _json(path)
-    configs = {}
+    configs, keys = {}, {}
     for r in res["rows"]:
-        key = f"{r['model']} mask {r['mask_ratio']} batch {r['batch']}"
+        if r["variant"] == "ours":  # a case's key, from its ours row (the reference runs eager in every case)
+            keys[r["case"]] = f"{r['model']} mask {r['mask_ratio']} batch {r['batch']} {r['compile']}"
+        key = keys[r["case"]]
         entry = configs.setdefault(key, {"attn": r["attn"], "kernels": r["kernels"]})
         entry[r["variant"]] = {"samples_per_s": r["samples_per_s"], "mfu": r["mfu"],
                                "peak_memory_gib": r["peak_memory_gib"]}
@@ -212,11 +214,11 @@ def targets(steps: Dict[str, Dict], model: str, gpu: bool) -> Dict:
                 "mfu": c["ours"]["mfu"], "speedup": c.get("speedup"), "met": c.get("meets_targets")}
     loader = steps.get("loader", {}).get("numbers", {}).get("samples_per_s", {})
     step = [c["ours"]["samples_per_s"] for k, c in configs.items() if k.startswith(f"{model} mask 0.75 ")]
-    if loader and step:
-        most = max(loader, key=int)
+    if loader and step:  # the fastest step measured (eager or compiled) is the one to keep fed
+        most, fastest = max(loader, key=int), max(step)
         out[f"loader at {most} workers faster than the {model} step (mask 0.75)"] = {
-            "loader_samples_per_s": loader[most], "step_samples_per_s": step[0],
-            "met": (loader[most] > step[0]) if gpu else None}
+            "loader_samples_per_s": loader[most], "step_samples_per_s": fastest,
+            "met": (loader[most] > fastest) if gpu else None}
     return out
 
 

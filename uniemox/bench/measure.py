@@ -45,6 +45,7 @@ class Measurement:
     data_s: float = 0.0
     peak_memory_bytes: Optional[int] = None
     resident_memory_bytes: Optional[int] = None
+    first_step_s: Optional[float] = None         # the first warm-up step (a compiled student compiles in it)
     first_loss: float = float("nan")
     last_loss: float = float("nan")
     cache_hit_rate: Optional[float] = None
@@ -99,10 +100,12 @@ class TimedRunner:
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         self.m = Measurement(steps=timed_steps, batch=self.batch)
+        start = time.perf_counter()
         for _ in range(steps):
             _, loss = self._step()
             if self.i == 1:
-                self.m.first_loss = float(loss)
+                self.m.first_loss = float(loss)  # waits for the device
+                self.m.first_step_s = time.perf_counter() - start
         synchronize(self.device)
         if cuda:
             self.m.peak_memory_bytes = torch.cuda.max_memory_allocated(self.device) - before

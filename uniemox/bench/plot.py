@@ -17,8 +17,9 @@ def _pyplot():
 
 def config_label(row: Dict) -> str:
     model = row["model"].replace("uniemox_vit_", "").replace("_patch", "/")
+    compiled = " compiled" if row.get("compile") == "compiled" else ""
     return (f"{model} b{row['batch']} m{row['mask_ratio']:g}\n{row['attn']}/{row['kernels']}"
-            f" z{row['zero']}")
+            f" z{row['zero']}{compiled}")
 
 
 def plot_step(payload: Dict, path: Path) -> Path:

@@ -6,7 +6,8 @@
   weights on CUDA), the chosen attention backend and kernels (``auto``: xformers and Triton on
   CUDA), both views through the encoder in one pass, the frozen ``CLIPTeacher`` (bf16 on CUDA,
   inference mode, LRU cache of prompt embeddings), the non-finite guard without reads to the
-  host, torch's fused AdamW.
+  host, torch's fused AdamW; with a compile mode, the student compiled as ``train.compile``
+  does it (``compile_engine``; the teacher stays eager).
 * ``reference``: the same model computed the plain way, as the authors' release (an MAE
   fork) does: fp32 weights, the forward under ``torch.autocast`` (bf16 where the run's
   precision is bf16), unfused PyTorch masking and losses (``kernel_impl="torch"``), one encoder
@@ -64,6 +65,7 @@ class RunnerSpec:
     deepspeed_config: Optional[str] = None
     reference_attn: str = "math"     # the reference's attention backend
     single_rank_stage0: bool = True  # ours: one rank runs ZeRO-1/2 as ZeRO-0, as the trainer does
+    compile_mode: Optional[str] = None  # ours: torch.compile's mode (train.compile_mode); None: eager
 
 
 class StepRunner:
@@ -104,6 +106,7 @@ def deepspeed_config_path(spec: RunnerSpec) -> str:
 
 def build_ours(spec: RunnerSpec, device: torch.device) -> StepRunner:
     from uniemox.tasks.pretrain import pretrain_forward
+    from uniemox.train.compiling import compile_engine
     from uniemox.train.engine import build_ds_config, build_engine, build_optimizer
     from uniemox.train.step import guarded_micro_step
 
@@ -114,6 +117,8 @@ def build_ours(spec: RunnerSpec, device: torch.device) -> StepRunner:
                          single_rank_stage0=spec.single_rank_stage0)
     optimizer = build_optimizer(decay_groups(model, spec.weight_decay), spec.lr, (0.9, 0.95), ds, device)
     engine, _ = build_engine(model, optimizer, ds)
+    if spec.compile_mode:
+        compile_engine(engine, spec.compile_mode)
     dtype = torch.bfloat16 if spec.precision == "bf16" else torch.float32
     one, zero = torch.ones((), device=device), torch.zeros((), device=device)
 

@@ -1,7 +1,8 @@
 """``launch/benchmark.py step``: throughput of the UniEmoX training step against a plain reference.
 
 For every configuration of the grid (models x batches x mask ratios x attention backends x
-kernels x ZeRO stages; comma-separated lists), ``ours`` (the trainer's DeepSpeed step) and
+kernels x ZeRO stages x eager/compiled; comma-separated lists), ``ours`` (the trainer's DeepSpeed
+step, eager or with its student compiled as ``train.compile`` does) and
 ``reference`` (the same model computed the plain way, see ``runners``) are built from the same
 seed, in the same precision and with the same attention backend (unless --reference-attn), and
 timed in interleaved slots (A B B A, measure.py) in the same process. Each row
@@ -9,7 +10,8 @@ reports samples/s, ms/step, analytic training FLOPs per sample
 (3 x forward of the trained parts + 1 x forward of the frozen teacher towers,
 ``uniemox.models.flops``), achieved TFLOP/s, MFU against the device's dense bf16 peak (CUDA
 only), peak memory (total and per sample), the data-loading share and the speed-up over the
-reference measured in the same run. Results: one JSON + one CSV (+ a PNG plot) per run.
+reference measured in the same run, and the first warm-up step's time (with ``--compile compiled``:
+the compilation). Results: one JSON + one CSV (+ a PNG plot) per run.
 """
 import argparse
 import gc
@@ -44,10 +46,12 @@ REFERENCE = ("fp32 weights, forward under torch.autocast (bf16 when precision is
 OURS = ("the trainer's step: DeepSpeed engine (ZeRO stage; ZeRO-1/2 as ZeRO-0 on one rank unless --keep-stage; "
         "bf16 weights + fp32 master weights when precision is bf16), chosen attention backend and kernels, "
         "CLIPTeacher (bf16 on CUDA, inference mode, prompt-embedding cache), non-finite guard without host "
-        "reads, torch's fused AdamW")
-COLUMNS = ("model", "img_size", "batch", "mask_ratio", "precision", "variant", "attn", "kernels", "zero",
-           "teacher", "data", "workers", "prompt_pool", "warmup", "steps", "slots", "samples_per_s", "ms_per_step",
-           "ms_per_step_min", "ms_per_step_max", "flops_per_sample", "tflops_per_s", "mfu", "peak_memory_gib",
+        "reads, torch's fused AdamW; compile=compiled: the student under torch.compile (train.compile, DeepSpeed's "
+        "engine.compile; the Triton kernels as custom ops, the teacher eager)")
+# case: the configuration's index in the grid (its ours and reference rows share it)
+COLUMNS = ("case", "model", "img_size", "batch", "mask_ratio", "precision", "variant", "attn", "kernels", "zero",
+           "compile", "teacher", "data", "workers", "prompt_pool", "warmup", "steps", "slots", "samples_per_s",
+           "ms_per_step", "ms_per_step_min", "ms_per_step_max", "first_step_s", "flops_per_sample", "tflops_per_s", "mfu", "peak_memory_gib",
            "resident_memory_gib", "peak_memory_per_sample_mib", "activation_memory_per_sample_mib",
            "memory_before_build_gib", "data_share", "text_cache_hit_rate", "loss_first", "loss_last",
            "reference_samples_per_s", "speedup_vs_reference", "meets_targets")
@@ -73,10 +77,10 @@ def _row(case: StepCase, variant: str, m: "Measurement", flops_per_sample: float
     return dict(
         model=case.model, img_size=settings["img_size"], batch=case.batch, mask_ratio=case.mask_ratio,
         precision=settings["precision"], variant=variant, attn=resolved["attn"], kernels=resolved["kernels"],
-        zero=resolved["zero"], teacher=settings["teacher"], data=settings["data"], workers=settings["workers"],
+        zero=resolved["zero"], compile=resolved["compile"], teacher=settings["teacher"], data=settings["data"], workers=settings["workers"],
         prompt_pool=settings["prompt_pool"], warmup=settings["warmup"], steps=m.steps, slots=len(m.slot_s),
         samples_per_s=m.samples_per_s, ms_per_step=m.median_ms, ms_per_step_min=min(m.ms_per_step),
-        ms_per_step_max=max(m.ms_per_step), flops_per_sample=flops_per_sample, tflops_per_s=achieved / 1e12,
+        ms_per_step_max=max(m.ms_per_step), first_step_s=m.first_step_s, flops_per_sample=flops_per_sample, tflops_per_s=achieved / 1e12,
         mfu=achieved / peak if peak else None,
         peak_memory_gib=None if peak_mem is None else peak_mem / gib,
         resident_memory_gib=None if resident is None else resident / gib,
@@ -105,15 +109,17 @@ def measure_case(case: StepCase, args: argparse.Namespace, device: torch.device,
     spec = RunnerSpec(case.model, case.batch, case.mask_ratio, precision, case.attn, case.kernels, case.zero,
                       args.teacher, lr=args.lr, grad_clip=args.grad_clip, seed=args.seed, arch=overrides,
                       deepspeed_config=args.deepspeed, reference_attn=reference_attn,
-                      single_rank_stage0=not args.keep_stage)
+                      single_rank_stage0=not args.keep_stage,
+                      compile_mode=args.compile_mode if case.compile == "compiled" else None)
     settings = dict(img_size=arch.img_size, precision=precision, teacher=args.teacher, data=args.data,
                     workers=args.workers if args.data == "shards" else None,
                     prompt_pool=args.prompt_pool if args.data == "synthetic" else None, warmup=args.warmup)
     zero = str(case.zero) if not args.deepspeed else f"json:{os.path.basename(args.deepspeed)}"
     if not args.deepspeed and case.zero in (1, 2) and not args.keep_stage:
         zero += "->0"  # one rank: run as ZeRO-0, as the trainer does (train.single_rank_stage0)
-    resolved = {"ours": {"attn": attn, "kernels": resolve_impl(case.kernels, device), "zero": zero},
-                "reference": {"attn": reference_attn, "kernels": "torch", "zero": "none"}}
+    resolved = {"ours": {"attn": attn, "kernels": resolve_impl(case.kernels, device), "zero": zero,
+                         "compile": case.compile},
+                "reference": {"attn": reference_attn, "kernels": "torch", "zero": "none", "compile": "eager"}}
     patches = (arch.img_size // arch.patch_size) ** 2
     batches = make_batches(args.data, case.batch, arch.img_size, device, prompt_pool=args.prompt_pool,
                            shards=args.shard_urls, workers=args.workers, seed=args.seed)
@@ -140,6 +146,8 @@ def measure_case(case: StepCase, args: argparse.Namespace, device: torch.device,
             t.runner.close()
         if hasattr(batches, "close"):
             batches.close()  # ends a shard loader and its worker processes
+        if case.compile == "compiled":
+            torch._dynamo.reset()  # the compiled code of this case: each case compiles afresh
         _free(device)
     ref = rows[-1]
     for row in rows:
@@ -199,8 +207,8 @@ def run(args: argparse.Namespace) -> Dict:
     if payload["smoke"]:
         payload["note"] = "CPU figures: a smoke run of the benchmark, not the GPU measurement"
     print(f"[bench] step: {len(grid)} configuration(s) on {name}, {precision}, ours vs reference")
-    for case in grid:
-        payload["rows"] += measure_case(case, args, device, precision, peak)
+    for index, case in enumerate(grid):
+        payload["rows"] += [dict(row, case=index) for row in measure_case(case, args, device, precision, peak)]
         results.write_results(json_path, csv_path, payload, COLUMNS)
         _print_rows(payload["rows"][-len(VARIANTS):])
     png = plot.plot_step(payload, json_path.with_suffix(".png"))
@@ -215,11 +223,11 @@ def _print_rows(rows: List[Dict]) -> None:
         return format("-", spec.split(".")[0]) if v is None else format(v * scale, spec)
 
     r0 = rows[0]
-    print(f"{r0['model']} batch {r0['batch']} mask {r0['mask_ratio']} {r0['precision']}")
-    print(f"  {'variant':<10}{'samples/s':>11}{'ms/step':>10}{'TFLOP/s':>9}{'MFU %':>7}{'peak GiB':>9}"
-          f"{'MiB/sample':>11}{'data %':>7}{'x ref':>7}")
+    print(f"{r0['model']} batch {r0['batch']} mask {r0['mask_ratio']} {r0['precision']} ours {r0['compile']}")
+    print(f"  {'variant':<10}{'samples/s':>11}{'ms/step':>10}{'1st step s':>11}{'TFLOP/s':>9}{'MFU %':>7}"
+          f"{'peak GiB':>9}{'MiB/sample':>11}{'data %':>7}{'x ref':>7}")
     for r in rows:
         print(f"  {r['variant']:<10}{r['samples_per_s']:>11.2f}{r['ms_per_step']:>10.1f}"
-              f"{r['tflops_per_s']:>9.2f}{fmt(r['mfu'], '>7.1f', 100)}{fmt(r['peak_memory_gib'], '>9.2f')}"
+              f"{fmt(r['first_step_s'], '>11.2f')}{r['tflops_per_s']:>9.2f}{fmt(r['mfu'], '>7.1f', 100)}{fmt(r['peak_memory_gib'], '>9.2f')}"
               f"{fmt(r['peak_memory_per_sample_mib'], '>11.1f')}{100 * r['data_share']:>7.1f}"
               f"{r['speedup_vs_reference']:>6.2f}x")

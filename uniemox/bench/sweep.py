@@ -1,7 +1,7 @@
 """The step benchmark's command line and its sweep grid.
 
 Grid options take comma-separated lists; every combination (models x batches x mask ratios x
-attention backends x kernels x ZeRO stages) is one configuration. ``--preset gpu`` is the
+attention backends x kernels x ZeRO stages x eager/compiled) is one configuration. ``--preset gpu`` is the
 issue's committed GPU sweep; options given explicitly win over the preset. Everything is
 validated here, before a model is built, so bad input costs one line and exit code 2.
 """
@@ -12,6 +12,7 @@ from typing import Dict, List
 
 import torch
 
+from uniemox.config.sections import COMPILE_MODES
 from uniemox.errors import UserError
 
 from .data import DATA_SOURCES
@@ -32,6 +33,7 @@ class StepCase:
     attn: str
     kernels: str
     zero: int
+    compile: str = "eager"  # ours: eager | compiled (torch.compile of the student, train.compile)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                       "unless --reference-attn)")
     lists.add_argument("--kernels", default="auto", help="ours: auto|triton|torch (reference: torch)")
     lists.add_argument("--zero", default="2", help="ours: ZeRO stage 0-3 (configs/zero{N}.json)")
+    lists.add_argument("--compile", default="eager", help="ours: eager|compiled (torch.compile of the student, as "
+                                                          "train.compile; the reference stays eager)")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                        help="torch.compile mode of the compiled cases (train.compile_mode)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="gpu: the committed sweep (ViT-B/16, ViT-L/16 x mask 0.75, 0.9, bf16, batch "
                              "128); explicit options still override it")
@@ -123,6 +129,7 @@ def grid_from_args(args: argparse.Namespace, device: torch.device) -> List[StepC
     models, batches = _split(args.model, str, "--model"), _split(args.batch, int, "--batch")
     ratios, attns = _split(args.mask_ratio, float, "--mask-ratio"), _split(args.attn, str, "--attn")
     kernels, zeros = _split(args.kernels, str, "--kernels"), _split(args.zero, int, "--zero")
+    compiles = _split(args.compile, str, "--compile")
     small = {"--batch": min(batches), "--steps": args.steps, "--rounds": args.rounds, "--warmup": args.warmup + 1,
              "--workers": args.workers + 1, "--prompt-pool": args.prompt_pool + 1}
     bad = [flag for flag, v in small.items() if v < 1]
@@ -146,7 +153,13 @@ def grid_from_args(args: argparse.Namespace, device: torch.device) -> List[StepC
             raise UserError(f"--kernels {k}: {err}") from None
     if any(z not in (0, 1, 2, 3) for z in zeros):
         raise UserError(f"--zero must be 0, 1, 2 or 3, got {args.zero}")
-    return [StepCase(*c) for c in itertools.product(models, batches, ratios, attns, kernels, zeros)]
+    if any(c not in ("eager", "compiled") for c in compiles):
+        raise UserError(f"--compile takes eager and/or compiled, got {args.compile}")
+    if "compiled" in compiles and args.warmup < 1:
+        raise UserError("--compile compiled needs --warmup 1 or more: the first step compiles")
+    # eager cases first: a sweep cut short by its time-out keeps them (inductor compiles for minutes)
+    return [StepCase(*c[1:], compile=c[0])
+            for c in itertools.product(compiles, models, batches, ratios, attns, kernels, zeros)]
 
 
 def _probe_attention(backend: str, device: torch.device) -> None:

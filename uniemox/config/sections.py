@@ -7,6 +7,9 @@ from typing import List, Optional, Tuple
 
 from .core import bounded, choice, subset
 
+# torch.compile's modes ("default": torch.compile(mode=None)); train.compile_mode, benchmark.py step
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 @dataclass
 class DataConfig:
@@ -43,6 +46,10 @@ class TrainConfig:
     # one rank: ZeRO-1/2 run as ZeRO-0 (the same update, no partition copies; such a checkpoint
     # resumes as ZeRO-0). false keeps the JSON's stage
     single_rank_stage0: bool = True
+    # torch.compile of the trained module (the pretraining student, the classifier) through
+    # DeepSpeed's engine.compile; the first step compiles (docs/compile.md)
+    compile: bool = False
+    compile_mode: str = choice(*COMPILE_MODES)
 
 
 TRACKERS = ("tensorboard", "jsonl", "csv", "wandb", "comet")

@@ -6,7 +6,7 @@
 * ``auto``: xformers on CUDA when importable, else sdpa.
 
 Tensors use xformers' layout [B, N, H, Dh] so the qkv projection is split without a copy.
-The backend chosen for each (request, device) is logged once.
+The backend chosen for each (request, device) is logged once (not while torch.compile traces).
 """
 import functools
 import logging
@@ -45,7 +45,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     elif backend == "xformers" and (device.type != "cuda" or not xformers_available()):
         raise UserError("attention backend 'xformers' needs a CUDA device and an importable xformers "
                         "(pip install 'uniemox[gpu]'); use 'auto' or 'sdpa' here")
-    _log_choice(backend, device.type, chosen)
+    if not torch.compiler.is_compiling():  # a log call in traced code is a graph break, every block
+        _log_choice(backend, device.type, chosen)
     return chosen
 
 

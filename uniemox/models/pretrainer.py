@@ -11,7 +11,7 @@ The frozen teacher is attached, not registered: it never appears in ``parameters
 ``state_dict()``, so an optimizer or a ZeRO-3 engine wrapped around this module never sees it.
 """
 import logging
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -26,6 +26,7 @@ from .registry import get_arch
 
 logger = logging.getLogger(__name__)
 TextInput = Union[Sequence[str], torch.Tensor]
+Targets = Tuple[torch.Tensor, torch.Tensor]  # (Omega, Lambda): the teacher's image and text embeddings
 
 
 def _gather_rows(x: torch.Tensor) -> torch.Tensor:
@@ -127,18 +128,33 @@ class UniEmoXPretrainer(nn.Module):
         lam = text.float() if is_embedding else self._teacher.encode_text(text)
         return omega, lam
 
+    def distillation_targets(self, scene: torch.Tensor, text: Optional[TextInput]) -> Optional[Targets]:
+        """(Omega, Lambda) of the distillation losses, Lambda gathered from every rank under the
+        global scope; None when no distillation loss is selected. The frozen teacher's part of
+        the step: the trainer calls it before the student, so that a compiled student's graph
+        holds neither the teacher (prompt strings, its cache) nor the collective."""
+        if not self.uses_distillation:
+            return None
+        if text is None:
+            raise ValueError("distillation losses need the prompts (text) of the batch")
+        omega, lam = self.teacher_targets(scene, text)
+        return omega, _gather_rows(lam) if self.contrastive_scope == "global" else lam
+
     # -- the whole step ----------------------------------------------------------------------
     def forward(self, scene: torch.Tensor, person: Optional[torch.Tensor] = None,
                 text: Optional[TextInput] = None, noise_scene: Optional[torch.Tensor] = None,
-                noise_person: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                noise_person: Optional[torch.Tensor] = None, targets: Optional[Targets] = None
+                ) -> Dict[str, torch.Tensor]:
         """-> {"loss": total with graph, and each selected term: "reconstruction", "similarity",
-        "contrastive"}; plus "pred" and "mask" of the scene view when it is reconstructed."""
+        "contrastive"}; plus "pred" and "mask" of the scene view when it is reconstructed.
+        ``targets``: ``distillation_targets(scene, text)`` computed beforehand (then ``text`` is
+        not needed); else computed here from ``text``."""
         out: Dict[str, torch.Tensor] = {}
         terms = []
-        if self.uses_distillation and text is None:
-            raise ValueError("distillation losses need the prompts (text) of the batch")
         if self.uses_person_view and person is None:
             raise ValueError(f"fusion {self.fusion_name!r} needs the person view")
+        if targets is None:
+            targets = self.distillation_targets(scene, text)
         beta = None
         if "reconstruction" in self.components:
             if self.uses_person_view and self.joint_views:
@@ -155,10 +171,7 @@ class UniEmoXPretrainer(nn.Module):
                 gamma = self.fusion(alpha, beta)
             else:
                 gamma = alpha
-            omega, lam = self.teacher_targets(scene, text)
-            if self.contrastive_scope == "global":
-                lam = _gather_rows(lam)
-            sim, con = distillation_losses(gamma, omega, lam, impl=self.kernel_impl)
+            sim, con = distillation_losses(gamma, *targets, impl=self.kernel_impl)
             for name, value in (("similarity", sim), ("contrastive", con)):
                 if name in self.components:
                     out[name] = value

@@ -53,6 +53,7 @@ class Task:
     # config, "task", "zero_stage") are what they were, apart from ``resume_may_differ``
     resume_must_match = ("task", "zero_stage", "model")
     resume_may_differ = ("model.init", "model.attn_backend", "model.kernels", "model.grad_checkpointing")
+    compilable = False             # train.compile applies: the module's forward takes tensors only
 
     def __init__(self, cfg, run):
         self.cfg, self.run = cfg, run

@@ -23,6 +23,7 @@ class ClassifyTask(Task):
     name = "fine-tune"
     loss_name = "loss/train"
     resume_must_match = Task.resume_must_match + ("train.linear_probe", "train.ema")
+    compilable = True
 
     @staticmethod
     def recipes(user: Dict) -> List[Dict]:

@@ -31,15 +31,18 @@ def masking_noise(ctx: MicroContext, batch: int, patches: int, device: torch.dev
 
 def pretrain_forward(engine, batch: Dict, noise: torch.Tensor, device: torch.device, dtype: torch.dtype):
     """The student's forward on a reader batch -> (its outputs, the scene view as fed). Shared
-    with the step benchmark, which times exactly this."""
+    with the step benchmark, which times exactly this. The frozen teacher runs first, eagerly,
+    outside the engine's module: with ``train.compile`` that module is the compiled student."""
     scene = model_input(batch["scene"], device, dtype)
     person = model_input(batch["person"], device, dtype) if "person" in batch else None
-    return engine(scene, person, batch["text"], noise[0], noise[1]), scene
+    targets = engine.module.distillation_targets(scene, batch["text"])
+    return engine(scene, person, None, noise[0], noise[1], targets=targets), scene
 
 
 class PretrainTask(Task):
     name = "pretrain"
     resume_must_match = Task.resume_must_match + ("teacher.model", "teacher.input_norm")
+    compilable = True
 
     @staticmethod
     def recipes(user: Dict) -> List[Dict]:

@@ -93,7 +93,7 @@ _KNOWN_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", 
                "activation_checkpointing", "steps_per_print", "wall_clock_breakdown", "zero_allow_untested_optimizer",
                "zero_force_ds_cpu_optimizer", "tensorboard", "wandb", "csv_monitor", "comet", "flops_profiler",
                "communication_data_type", "prescale_gradients", "gradient_predivide_factor", "checkpoint",
-               "data_types", "comms_logger", "memory_breakdown", "dump_state", "torch_autocast")
+               "data_types", "comms_logger", "memory_breakdown", "dump_state", "torch_autocast", "compile")
 _SECTIONS = ("bf16", "fp16", "zero_optimization")
 
 

@@ -21,6 +21,7 @@ from uniemox.errors import UserError
 
 from . import hooks
 from .checkpoint import Checkpointer, complete_tags, find_resume, read_marker, resume_conflicts
+from .compiling import compile_engine
 from .elastic import plan_elastic
 from .engine import build_ds_config, build_engine, read_ds_config, zero_stage
 from .guard import NonFiniteGuard, NonFiniteHalt
@@ -55,6 +56,8 @@ class Trainer:
                                   load_universal=bool(self.elastic and self.elastic.universal))
         optimizer = task.build_optimizer(task.param_groups(model), self.plan.base_lr, self.ds)
         self.engine, self.optimizer = build_engine(model, optimizer, self.ds)
+        if cfg.train.compile:
+            compile_engine(self.engine, cfg.train.compile_mode, task)
         task.before_training(self.engine)
 
         self.eval_every = task.eval_every(self.plan)
