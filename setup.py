@@ -15,6 +15,9 @@ DETECT = ["absl-py", "attrs", "flatbuffers", "protobuf>=4.25.3,<5",
 # Shards in object storage: fsspec's http (aiohttp) and s3 (s3fs) file systems.
 REMOTE = ["fsspec", "aiohttp", "s3fs"]
 
+# log.report_to wandb / comet (tested offline); protobuf stays below 5 for tensorboard 2.20 and mediapipe
+TRACKERS = ["wandb", "comet_ml", "protobuf>=4.25.3,<5"]
+
 setup(
     name="uniemox",
     version=VERSION,
@@ -48,12 +51,11 @@ setup(
         "triton; platform_system=='Linux'",
     ],
     extras_require={
-        "dev": ["pytest>=7", "scikit-image", "scikit-learn", "moto[server]"] + DETECT + REMOTE,
+        "dev": ["pytest>=7", "scikit-image", "scikit-learn", "moto[server]"] + DETECT + REMOTE + TRACKERS,
         "remote": REMOTE,
         "detect": DETECT,
         "gpu": ["xformers"],
-        # log.report_to wandb / comet; protobuf stays below 5 for tensorboard 2.20 and mediapipe
-        "trackers": ["wandb", "comet_ml", "protobuf>=4.25.3,<5"],
+        "trackers": TRACKERS,
     },
     entry_points={"console_scripts": [
         "uniemox-pretrain = uniemox.launch.pretrain:main",

@@ -1,5 +1,6 @@
 """The paper's ablation grid as one command (METHOD §2-3): loss subsets x fusion variants, each
-cell pretrained, exported, and scored by fine-tuning, the linear probe and zero-shot.
+cell pretrained, exported, and scored by fine-tuning, the probe grid (the head validation
+chooses) and zero-shot.
 
     python launch/ablation.py --out runs/ablation                      # the whole grid, sample set, tiny
     python launch/ablation.py --out runs/ablation --losses l3,l3+l2+l1 --fusions none,easy

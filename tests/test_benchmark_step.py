@@ -267,10 +267,11 @@ def test_memory_per_sample_with_and_without_checkpointing(tmp_path):
     assert plain["params_millions"] == pytest.approx(9.3, abs=0.2)  # the tiny pretrainer (README's table)
 
 
-@pytest.mark.parametrize("precision,zero,per_param", [("fp32", 2, 16), ("bf16", 1, 14)])
+@pytest.mark.parametrize("precision,zero,per_param", [("fp32", 2, 16), ("bf16", 1, 14), ("bf16", 3, 12)])
 def test_checkpoint_cost_is_the_saved_engine(tmp_path, precision, zero, per_param):
-    """Bytes of a real save: module weights (4 or 2 B/param) + the ZeRO optimizer's fp32 master
-    copy and Adam's two moments (12 B/param); nothing else of size."""
+    """Bytes of a real save: module weights (4 or 2 B/param; ZeRO-3 saves none, its partitions of
+    the fp32 master copy are the weights) + the ZeRO optimizer's fp32 master copy and Adam's two
+    moments (12 B/param); nothing else of size."""
     out = tmp_path / "checkpoint.json"
     assert main(["checkpoint", "--model", "uniemox_vit_tiny_patch16", "--arch", "img_size=32,depth=2,decoder_depth=1",
                  "--precision", precision, "--zero", str(zero), "--repeats", "1", "--dir", str(tmp_path / "ckpt"),

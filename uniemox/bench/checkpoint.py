@@ -64,6 +64,7 @@ def measure(args: argparse.Namespace, folder: str) -> Dict:
     # only needs a loss through most of them for the optimizer state to exist
     model = create_pretrainer(args.model, proj_dim=512, losses="reconstruction", kernel_impl="torch",
                               **overrides).to(info.device)
+    params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
     ds = build_ds_config(deepspeed_config(f"zero{args.zero}"), micro_batch=1, grad_accum=1, world_size=info.world_size,
                          grad_clip=0.0, precision=args.precision)
     optimizer = build_optimizer(decay_groups(model, 0.05), 1e-4, (0.9, 0.95), ds, info.device)
@@ -83,7 +84,6 @@ def measure(args: argparse.Namespace, folder: str) -> Dict:
         path = checkpointer.save(engine, i + 1, {}, {})
         times.append(time.perf_counter() - start)
     nbytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
-    params = sum(p.numel() for p in model.parameters())
     return dict(model=args.model, params_millions=params / 1e6, zero=args.zero, precision=args.precision,
                 checkpoint_bytes=nbytes, bytes_per_param=nbytes / params, save_s=min(times),
                 disk_write_mb_per_s=_disk_write(folder, nbytes))

@@ -61,9 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detect-core-s", type=float, default=0.080, help="core-seconds per image for person "
                         "detection at shard time (measured: 7.7 s for 192 images on 2 cores; docs/data.md)")
     parser.add_argument("--bytes-per-param", type=float, default=14.0, help="checkpoint bytes per parameter "
-                        "(measured, bf16: benchmark.py checkpoint)")
-    parser.add_argument("--write-mb-per-s", type=float, default=640.0, help="checkpoint write bandwidth per node "
-                        "(measured on this project's VM disk with fsync: benchmark.py checkpoint)")
+                        "(measured, bf16 ZeRO-2: benchmark.py checkpoint; ZeRO-3 saves 12)")
+    parser.add_argument("--write-mb-per-s", type=float, default=370.0, help="checkpoint save rate per node, "
+                        "checkpoint bytes / save seconds (measured: the slowest of benchmark.py checkpoint's runs, "
+                        "ViT-B/16 ZeRO-2 bf16, 1.57 GB in 4.2 s, on this project's VM disk)")
     parser.add_argument("--node-mtbf-hours", type=float, default=2000.0, help="mean time between failures of one "
                         "node (an assumption; the job's is this / nodes)")
     parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results/scaling-<time>.json)")

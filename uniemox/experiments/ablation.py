@@ -1,6 +1,6 @@
 """The paper's ablation grid as one command: loss subsets (L3; L3+L2; L3+L1; L3+L2+L1) x fusion
 variants (none and the five), each cell pretrained, exported, then scored by fine-tuning, the
-linear probe and zero-shot, on a shard set (the embedded sample set by default, at tiny sizes).
+probe grid (the head chosen on val, scored on test) and zero-shot, on a shard set (the embedded sample set by default, at tiny sizes).
 
 Every step is the project's own entry point, run as a process of its own (its own process group,
 its own failure): a cell's result is written (``CELL/result.json``) only once all of it is
@@ -93,7 +93,7 @@ def run_cell(cell: Cell, out: Path, settings: Settings) -> Dict:
     checkpoint = pre / "checkpoints" / f"step_{settings.pretrain_steps:08d}"
     _run(["uniemox.launch.pretrain", "--export", str(checkpoint), str(where / "export")], where / "export.log")
     for name, steps, extra in (("finetune", settings.finetune_steps, []),
-                               ("probe", settings.probe_steps, ["--linear-probe"])):
+                               ("probe", settings.probe_steps, ["--probe-grid"])):
         _run(["uniemox.launch.finetune", *data, "--init", str(where / "export"), "--run-dir", str(where / name),
               f"optim.max_steps={steps}", *extra] + quiet + list(settings.downstream), where / f"{name}.log")
     zero_shot = where / "zero_shot"
