@@ -142,6 +142,7 @@ def test_recorded_command_restarts_from_the_recorded_first_loss(tmp_path):
     # the fault-injection fields left the config for the opt-in hooks module; the shipped run held them empty
     assert [shipped["train"].pop(k) for k in ("inject_nan_steps", "inject_nan_grad_steps")] == [[], []]
     now["train"].pop("single_rank_stage0")  # settings added since: a one-rank run's engine stage,
+    assert (now["train"].pop("compile"), now["train"].pop("compile_mode")) == (False, "default")  # torch.compile,
     now["data"].pop("io_retries"), now["data"].pop("io_timeout")  # remote shards' waits,
     now.pop("loss")  # how ranks share negatives (one rank: none to share)
     now["eval"].pop("templates")  # and zero-shot prompts (evaluation only)
