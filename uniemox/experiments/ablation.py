@@ -131,15 +131,16 @@ def _plot(results: List[Dict], path: Path) -> None:
     losses = [x for x in LOSSES if any(r["losses"] == x for r in results)]
     fusions = [x for x in FUSIONS if any(r["fusion"] == x for r in results)]
     fig, axes = plt.subplots(1, len(SCORES), figsize=(4.2 * len(SCORES), 1.2 + 0.55 * len(losses)), squeeze=False)
-    for ax, score in zip(axes[0], SCORES):
+    for k, (ax, score) in enumerate(zip(axes[0], SCORES)):
         table = [[next((r[score] for r in results if r["losses"] == lo and r["fusion"] == fu), float("nan"))
                   for fu in fusions] for lo in losses]
         im = ax.imshow(table, vmin=0.0, vmax=1.0, cmap="viridis")
         ax.set_xticks(range(len(fusions)), fusions, rotation=40, ha="right")
-        ax.set_yticks(range(len(losses)), [x.upper() for x in losses])
+        ax.set_yticks(range(len(losses)), [x.upper() for x in losses] if k == 0 else [])  # rows shared
         for i, row in enumerate(table):
             for j, v in enumerate(row):
-                ax.text(j, i, "-" if v != v else f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
+                ax.text(j, i, "-" if v != v else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="k" if v > 0.6 else "w")  # readable on viridis' light and dark ends
         ax.set_title(score.replace("_", " "))
     fig.colorbar(im, ax=axes[0].tolist(), fraction=0.02)
     fig.savefig(path, dpi=100, bbox_inches="tight")
