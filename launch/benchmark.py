@@ -31,33 +31,29 @@ from uniemox.bench import step as bench_step
 from uniemox.errors import UserError
 
 
+# subcommand, its module in uniemox.bench (add_arguments, run), and its --help line
+SUBCOMMANDS = (
+    ("kernels", bench_kernels, "time each fused Triton kernel against its PyTorch reference (forward + backward)"),
+    ("step", bench_step, "the UniEmoX training step (ours) against the plain reference, side by side: "
+                         "samples/s, MFU, memory, data share; sweeps"),
+    ("loader", bench_loader, "the data loader's own ceiling: decoded two-view samples/s from shards with N "
+                             "workers, no model"),
+    ("memory", bench_memory, "activation memory of the pretraining step per sample, with and without activation "
+                             "checkpointing; the largest micro batch per GPU"),
+    ("checkpoint", bench_checkpoint, "what one training checkpoint costs: bytes on disk and seconds to save "
+                                     "(DeepSpeed engine, optimizer state), disk bandwidth"),
+    ("scaling", bench_scaling, "what pretraining needs (nodes, loader cores, storage bandwidth, checkpoint "
+                               "interval, hours), derived from the measurements"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    kernels = sub.add_parser("kernels", help="time each fused Triton kernel against its PyTorch "
-                                             "reference (forward + backward)")
-    bench_kernels.add_arguments(kernels)
-    kernels.set_defaults(func=bench_kernels.run)
-    step = sub.add_parser("step", help="the UniEmoX training step (ours) against the plain reference, "
-                                       "side by side: samples/s, MFU, memory, data share; sweeps")
-    bench_step.add_arguments(step)
-    step.set_defaults(func=bench_step.run)
-    loader = sub.add_parser("loader", help="the data loader's own ceiling: decoded two-view samples/s "
-                                           "from shards with N workers, no model")
-    bench_loader.add_arguments(loader)
-    loader.set_defaults(func=bench_loader.run)
-    memory = sub.add_parser("memory", help="activation memory of the pretraining step per sample, with and "
-                                           "without activation checkpointing; the largest micro batch per GPU")
-    bench_memory.add_arguments(memory)
-    memory.set_defaults(func=bench_memory.run)
-    checkpoint = sub.add_parser("checkpoint", help="what one training checkpoint costs: bytes on disk and seconds "
-                                                   "to save (DeepSpeed engine, optimizer state), disk bandwidth")
-    bench_checkpoint.add_arguments(checkpoint)
-    checkpoint.set_defaults(func=bench_checkpoint.run)
-    scaling = sub.add_parser("scaling", help="what pretraining needs (nodes, loader cores, storage bandwidth, "
-                                             "checkpoint interval, hours), derived from the measurements")
-    bench_scaling.add_arguments(scaling)
-    scaling.set_defaults(func=bench_scaling.run)
+    for name, module, help_line in SUBCOMMANDS:
+        command = sub.add_parser(name, help=help_line)
+        module.add_arguments(command)
+        command.set_defaults(func=module.run)
     return parser
 
 

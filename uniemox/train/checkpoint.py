@@ -161,11 +161,12 @@ class Checkpointer:
             if _TAG.match(name) and name < keep_tag and name not in complete:
                 shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
         universal = os.path.join(self.root, UNIVERSAL)
-        for name in os.listdir(universal) if os.path.isdir(universal) else ():
-            if _TAG.match(name) and name < keep_tag:  # the run has gone on from it
-                shutil.rmtree(os.path.join(universal, name), ignore_errors=True)
-        if os.path.isdir(universal) and not any(_TAG.match(n) for n in os.listdir(universal)):
-            shutil.rmtree(universal, ignore_errors=True)
+        if os.path.isdir(universal):
+            for name in os.listdir(universal):
+                if _TAG.match(name) and name < keep_tag:  # the run has gone on from it
+                    shutil.rmtree(os.path.join(universal, name), ignore_errors=True)
+            if not any(_TAG.match(n) for n in os.listdir(universal)):
+                shutil.rmtree(universal, ignore_errors=True)
 
     def load(self, engine, tag_path: str) -> Dict[str, Any]:
         """Restore the engine and this rank's trainer state; RNG states are set here."""
@@ -175,9 +176,7 @@ class Checkpointer:
         if saved_world != self.world_size:
             raise UserError(f"checkpoint {tag_path} was written by {saved_world} ranks, this run has "
                             f"{self.world_size}: the data position cannot be resumed exactly")
-        loaded, _ = engine.load_checkpoint(root or self.root, tag=tag, load_module_strict=True)
-        if loaded is None:
-            raise UserError(f"DeepSpeed could not load checkpoint {tag_path}")
+        _load_engine(engine, root or self.root, tag)
         rank_file = os.path.join(tag_path, f"trainer_rank{self.rank}.pt")
         state = load_restricted(rank_file)
         set_rng_state(state["rng"])
@@ -193,10 +192,7 @@ class Checkpointer:
         convert_to_universal(plan, self.rank)
         if plan.universal:
             check_checkpoint_dir(plan.universal)
-        load_dir, tag = plan.load_dir_and_tag
-        loaded, _ = engine.load_checkpoint(load_dir, tag=tag, load_module_strict=True)
-        if loaded is None:
-            raise UserError(f"DeepSpeed could not load checkpoint {plan.universal or plan.checkpoint}")
+        _load_engine(engine, *plan.load_dir_and_tag)
         states = [load_restricted(os.path.join(plan.checkpoint, f"trainer_rank{r}.pt"))
                   for r in range(plan.saved_world)]
         own = states[self.rank] if self.rank < len(states) else states[0]
@@ -208,6 +204,14 @@ class Checkpointer:
                         "DeepSpeed universal checkpoint " + plan.universal if plan.universal else "ZeRO-0, loaded whole",
                         plan.grad_accum)
         return own, [s["data"] for s in states]
+
+
+def _load_engine(engine, directory: str, tag: str) -> None:
+    """DeepSpeed restores the module, optimizer and schedule of ``directory/tag`` (its files already
+    through check_checkpoint_dir)."""
+    loaded, _ = engine.load_checkpoint(directory, tag=tag, load_module_strict=True)
+    if loaded is None:
+        raise UserError(f"DeepSpeed could not load checkpoint {os.path.join(directory, tag)}")
 
 
 def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:

@@ -40,7 +40,7 @@ class Trainer:
         self.run = run = start_run(cfg)
         ckpt_root = os.path.join(run.run_dir, "checkpoints")
         self.resume_from = find_resume(ckpt_root, cfg.checkpoint.resume)
-        marker = read_marker(self.resume_from) if self.resume_from else {}
+        self.resume_marker = marker = read_marker(self.resume_from) if self.resume_from else {}
         self.elastic = plan_elastic(self.resume_from, marker, run.world, cfg.data.batch_size) if marker else None
         if self.elastic:  # another world size: the global batch stays (elastic.py)
             cfg.optim.grad_accum = self.elastic.grad_accum
@@ -124,7 +124,7 @@ class Trainer:
         is written only then."""
         root, task, path = self.checkpointer.root, self.task, self.resume_from
         if path:
-            conflicts = resume_conflicts(read_marker(path), self.record(), task.resume_must_match,
+            conflicts = resume_conflicts(self.resume_marker, self.record(), task.resume_must_match,
                                          task.resume_may_differ)
             if conflicts:
                 raise UserError(f"cannot resume from {path}: it was written with another configuration "
