@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-import uniemox.models.timm_models as tm
+import uniemox.exports.hub as tm
 from uniemox.data.transforms import EvalTransform, crop_person, normalize
 from uniemox.eval.predict import load_views, predict_views
 from uniemox.eval.scorers import classifier_scorer
@@ -167,7 +167,7 @@ def test_zero_shot_prompt_ensemble_scores_follow_the_formula(pretrain_export, ph
     """--templates FILE: each class is normalise(mean of its prompts' normalised teacher embeddings)
     and the logits are the scale times the cosines with it; the scores differ from the default's."""
     import torch.nn.functional as F
-    from uniemox.convert import read_pretrain_export
+    from uniemox.exports.pretrain import read_pretrain_export
     from uniemox.eval.zeroshot import build_teacher, build_zero_shot
 
     templates = ("A {} photo.", "It feels like {}.")

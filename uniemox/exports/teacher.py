@@ -1,4 +1,7 @@
-"""Where the CLIP teacher's weights come from: a local file, an open_clip tag, or (explicitly) none.
+"""The CLIP teacher's weights: where they come from (a local file, the packaged weights, an open_clip
+tag, or explicitly none) and the teacher's own export (``teacher.safetensors``: the weights with their
+card and export id inside, written whole by one rename; the card as JSON beside it, checked to
+belong to the file whenever it is read).
 
 A weights file can never run code. OpenAI's release files are TorchScript archives, and
 `torch.jit.load` would run TorchScript (e.g. a class's __setstate__) while loading, so they
@@ -14,24 +17,33 @@ extra entries (input_resolution, context_length, vocab_size). A plain OpenAI sta
 without those entries cannot be told apart from an open_clip one: name the model
 "ViT-B-16-quickgelu" for it.
 """
-import contextlib
+import hashlib
 import io
+import json
 import logging
 import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Dict, Mapping, Optional, Tuple, Type, Union
 
 import open_clip
 import torch
 from torch import nn
 
 from uniemox.errors import UserError
+from uniemox.io import atomic_save, atomic_write_json, read_json
+from uniemox.models.clip_models import ASSETS, create_clip, check_model_name, few
+from uniemox.models.teacher import CLIPTeacher
+from uniemox.safeload import read_safetensors
+
+from .folder import ID_KEY, new_export_id
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+CARD_FORMAT = "uniemox-clip-teacher-v1"
+CARD_KEY = "uniemox_card"  # the safetensors metadata key of the embedded card
+_FILE_FIELDS = ("weights", "bytes", "sha256", "export_id", "format", "dtype")  # facts about one written file
 OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 PathLike = Union[str, os.PathLike]
 # Weights that ship inside the package, named like open_clip pretrained tags: tag -> (model, file).
@@ -39,25 +51,9 @@ PathLike = Union[str, os.PathLike]
 EMBEDDED = {"uniemox-sample": ("uniemox-clip-tiny-64", "teacher-uniemox-sample.safetensors")}
 
 
-def register_model_configs() -> None:
-    """Make this project's open_clip configs (uniemox/assets/uniemox-clip-*.json) known by name."""
-    for path in sorted(ASSETS.glob("uniemox-clip-*.json")):
-        if path.stem not in open_clip.list_models():
-            open_clip.add_model_config(path)
-
-
-register_model_configs()
-
-
 def _first_line(err: BaseException, limit: int = 200) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {(text[0] if text else '')[:limit]}"
-
-
-def _few(names, n: int = 3) -> str:
-    names = list(names)
-    more = f", ... (+{len(names) - n})" if len(names) > n else ""
-    return ", ".join(names[:n]) + more
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -151,7 +147,7 @@ def _as_state_dict(obj, path: Path) -> Dict[str, torch.Tensor]:
             sd = {k[len(prefix):]: v for k, v in sd.items()}
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise UserError(f"teacher weights file {path}: entries that are not tensors: {_few(bad)}")
+        raise UserError(f"teacher weights file {path}: entries that are not tensors: {few(bad)}")
     return sd
 
 
@@ -188,40 +184,6 @@ def read_weights(path: PathLike) -> Tuple[Dict[str, torch.Tensor], bool]:
     return sd, quick_gelu
 
 
-def load_checked(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, model_name: str) -> None:
-    """Load `sd` into `model`, refusing (with one line) anything but an exact key and shape match."""
-    expected = model.state_dict()
-    # TorchScript archives also store non-persistent buffers (open_clip's attn_mask): derived, not learned
-    derived = {name for name, _ in model.named_buffers()} - set(expected)
-    sd = {k: v for k, v in sd.items() if k not in derived}
-    if "logit_scale" in sd and "logit_scale" in expected:  # scalar in some files, [1] in others
-        sd["logit_scale"] = sd["logit_scale"].reshape(expected["logit_scale"].shape)
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}"
-              for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
-    problems = [f"{len(lst)} {what} ({_few(lst)})" for lst, what in
-                ((missing, "missing keys"), (unexpected, "unexpected keys"), (shapes, "shape mismatches"))
-                if lst]
-    if problems:
-        raise UserError(f"teacher weights {source} do not fit the open_clip model '{model_name}': "
-                        + "; ".join(problems) + " - is the teacher model name right?")
-    model.load_state_dict(sd, strict=True)
-
-
-@contextlib.contextmanager
-def _quiet_random_init_warning() -> Iterator[None]:
-    """open_clip warns 'initialized randomly' for every pretrained=None build; we load weights
-    right after (or warn ourselves), so that line would only mislead."""
-    root = logging.getLogger()
-    drop = lambda record: "initialized randomly" not in record.getMessage()  # noqa: E731
-    root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
-
-
 def embedded_weights(tag: str) -> Tuple[str, Path]:
     """(model name, file) of a packaged teacher tag, e.g. "uniemox-sample": no network involved."""
     if tag not in EMBEDDED:
@@ -236,19 +198,7 @@ def embedded_weights(tag: str) -> Tuple[str, Path]:
 
 def embedded_card(tag: str) -> Dict:
     """The training record of a packaged teacher (command, seed, first-step loss, zero-shot accuracy)."""
-    import json
-
-    _, path = embedded_weights(tag)
-    with open(path.with_suffix(".json"), encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _check_model_name(model_name: str) -> None:
-    if open_clip.get_model_config(model_name) is None:
-        names = open_clip.list_models()
-        raise UserError(f"unknown open_clip model '{model_name}' for the teacher "
-                        f"(e.g. ViT-B-16, ViT-B-16-quickgelu, uniemox-clip-tiny; {len(names)} known, "
-                        "see open_clip.list_models())")
+    return teacher_card(embedded_weights(tag)[1])
 
 
 def build_clip(model_name: str, pretrained: Optional[str] = None,
@@ -259,7 +209,7 @@ def build_clip(model_name: str, pretrained: Optional[str] = None,
     pretrained="uniemox-sample" (an `EMBEDDED` tag) loads weights shipped in the package;
     any other pretrained value is an open_clip tag and needs a reachable hub.
     """
-    _check_model_name(model_name)
+    check_model_name(model_name)
     source = None
     if weights is None and pretrained in EMBEDDED:
         expected, weights = embedded_weights(pretrained)
@@ -272,9 +222,7 @@ def build_clip(model_name: str, pretrained: Optional[str] = None,
             log.info("teacher: weights file %s given, ignoring pretrained=%r", weights, pretrained)
         source = source or f"file {weights}"
         sd, quick_gelu = read_weights(weights)
-        with _quiet_random_init_warning():
-            model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
-        load_checked(model, sd, source, model_name)
+        model = create_clip(model_name, sd, source, quick_gelu)
         return model, source + (" (OpenAI format: QuickGELU)" if quick_gelu else "")
     if pretrained is None:
         raise UserError("no CLIP teacher weights: pass --teacher-weights FILE (an OpenAI or open_clip "
@@ -284,12 +232,11 @@ def build_clip(model_name: str, pretrained: Optional[str] = None,
     if str(pretrained).lower() == "none":
         log.warning("teacher.pretrained is 'none': the CLIP teacher '%s' has RANDOM weights, so the "
                     "distillation target is meaningless (fine for tests and smoke runs only)", model_name)
-        with _quiet_random_init_warning():
-            return open_clip.create_model(model_name, pretrained=None), "random (pretrained: none)"
+        return create_clip(model_name), "random (pretrained: none)"
     tags = open_clip.list_pretrained_tags_by_model(model_name)
     if not open_clip.is_pretrained_cfg(model_name, pretrained):
         raise UserError(f"'{pretrained}' is not an open_clip pretrained tag of '{model_name}' "
-                        f"(known: {_few(tags, 8) or 'none'}); for a local file use --teacher-weights FILE")
+                        f"(known: {few(tags, 8) or 'none'}); for a local file use --teacher-weights FILE")
     quick_gelu = bool(open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu", False))
     try:  # open_clip only warns on a QuickGELU mismatch; we build what the weights were trained with
         model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=quick_gelu)
@@ -298,3 +245,54 @@ def build_clip(model_name: str, pretrained: Optional[str] = None,
                         "or hub unreachable?): download them on a connected machine and pass "
                         f"--teacher-weights FILE [{_first_line(err, 120)}]") from err
     return model, f"open_clip tag '{pretrained}'"
+
+
+def load_teacher(model_name: str = "ViT-B-16", pretrained: Optional[str] = None, weights: Optional[PathLike] = None,
+                 cls: Type[CLIPTeacher] = CLIPTeacher, **kwargs) -> CLIPTeacher:
+    """The frozen teacher (``cls``: CLIPTeacher or a subclass) of ``build_clip``'s weights;
+    ``kwargs``: device, precision, input_norm, text_cache_size."""
+    clip, source = build_clip(model_name, pretrained=pretrained, weights=weights)
+    return cls(clip, model_name, source, **kwargs)
+
+
+# -- the teacher's export: one weights file, its card inside, a copy of the card beside it ------------
+def write_teacher_weights(clip_state: Dict[str, torch.Tensor], out_file: PathLike, dtype: str,
+                          card: Dict) -> Dict:
+    """``out_file`` (.safetensors): the CLIP state dict in ``dtype`` with its card and export id in
+    the file's metadata, written whole (one atomic rename: the file is the export); then the card
+    with the file's size and digest as JSON beside it (same stem), for people. Returns that card."""
+    from safetensors.torch import save_file
+
+    if dtype not in ("fp16", "fp32"):
+        raise UserError(f"export.dtype must be fp16 or fp32, got {dtype!r}")
+    clip = {k: v.to(torch.float16 if dtype == "fp16" else torch.float32).contiguous() for k, v in clip_state.items()}
+    export_id = new_export_id()
+    card = {k: v for k, v in card.items() if k not in _FILE_FIELDS}
+    card.update(format=CARD_FORMAT, dtype=dtype, export_id=export_id)
+    out = Path(out_file).with_suffix(".safetensors")
+    meta = {"format": CARD_FORMAT, "model": str(card.get("model", "")), ID_KEY: export_id,
+            CARD_KEY: json.dumps(card)}
+    atomic_save(out, lambda tmp: save_file(clip, tmp, metadata=meta))
+    os.chmod(out, 0o644)  # a package data file: readable by every user of an install
+    card = dict(card, weights=out.name, bytes=out.stat().st_size, sha256=hashlib.sha256(out.read_bytes()).hexdigest())
+    atomic_write_json(out.with_suffix(".json"), card)
+    return card
+
+
+def teacher_card(weights: PathLike) -> Dict:
+    """The card of a teacher weights file: the JSON beside it, which must belong to the file (the
+    same export id as the card inside the file), or the card inside where there is none beside."""
+    weights = Path(weights)
+    metadata = read_safetensors(str(weights), "teacher weights", tensors=False)[1]
+    if CARD_KEY not in metadata:
+        raise UserError(f"{weights} carries no card (not a teacher export of this project, or an older one: "
+                        f"export it again with 'uniemox-train-teacher --export CHECKPOINT OUT_FILE')")
+    beside = weights.with_suffix(".json")
+    if not beside.is_file():
+        return json.loads(metadata[CARD_KEY])
+    card = read_json(beside, "teacher card")
+    if not isinstance(card, dict) or card.get("export_id") != metadata.get(ID_KEY):
+        raise UserError(f"{beside} belongs to another export than {weights.name} (export id "
+                        f"{card.get('export_id') if isinstance(card, dict) else None} != {metadata.get(ID_KEY)}): "
+                        f"a mix of two exports; export again")
+    return card
