@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 from uniemox.errors import UserError
+from uniemox.io import aside_prefix, replace_dir
 from uniemox.safeload import read_safetensors
 
 logger = logging.getLogger(__name__)
 ID_KEY = "uniemox_export_id"  # the safetensors metadata key
-PARTIAL, OLD = ".partial-", ".old-"
 Part = Tuple[str, Callable[[Path], None]]  # (what it writes, write(folder))
 Progress = Optional[Callable[[str], None]]
 
@@ -32,29 +32,25 @@ def new_export_id() -> str:
     return uuid.uuid4().hex
 
 
-def _leftovers(out: Path, tag: str):
+def _partial_prefix(out: Path) -> str:
+    return f".{out.name}.partial-"
+
+
+def _leftovers(out: Path, prefix: str):
+    """Siblings of ``out`` named ``prefix``PID, oldest first."""
     if not out.parent.is_dir():
         return []
-    prefix = f".{out.name}{tag}"
     return sorted((p for p in out.parent.iterdir() if p.name.startswith(prefix)), key=lambda p: p.stat().st_mtime)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def settle(out: Path) -> None:
     """What a killed writer left beside ``out``: its set-aside export is put back when ``out``
     never arrived, every other leftover is removed. Writers only (they hold the folder's claim)."""
-    olds = _leftovers(out, OLD)
+    olds = _leftovers(out, aside_prefix(out))
     if olds and not out.exists():
         os.replace(olds.pop(), out)
         logger.warning("%s: put back the export an interrupted writer had set aside", out)
-    for path in olds + _leftovers(out, PARTIAL):
+    for path in olds + _leftovers(out, _partial_prefix(out)):
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -69,7 +65,7 @@ def write_whole(out_dir: str, parts: Sequence[Part], replaceable: Callable[[Path
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or replaceable(out))):
         raise UserError(f"{out} exists and is not an export of this kind: refusing to replace it (name a new "
                         f"or an empty folder)")
-    tmp = out.with_name(f".{out.name}{PARTIAL}{os.getpid()}")
+    tmp = out.with_name(f"{_partial_prefix(out)}{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -77,20 +73,7 @@ def write_whole(out_dir: str, parts: Sequence[Part], replaceable: Callable[[Path
             write(tmp)
             if progress:
                 progress(label)
-        for path in tmp.iterdir():
-            _fsync(path)
-        _fsync(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}{OLD}{os.getpid()}")
-            os.replace(out, old)
-            if progress:
-                progress("swap")
-            os.replace(tmp, out)
-            _fsync(out.parent)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-            _fsync(out.parent)
+        replace_dir(tmp, out, between=progress and (lambda: progress("swap")))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -101,7 +84,7 @@ def locate(path: str) -> str:
     the whole export it had set aside."""
     out = Path(os.path.abspath(str(path)))
     if not out.exists():
-        olds = _leftovers(out, OLD)
+        olds = _leftovers(out, aside_prefix(out))
         if olds:
             logger.warning("%s is missing: reading the previous export, set aside by an interrupted writer (%s)",
                            path, olds[-1].name)
