@@ -6,7 +6,7 @@ belong to the file whenever it is read).
 A weights file can never run code. OpenAI's release files are TorchScript archives, and
 `torch.jit.load` would run TorchScript (e.g. a class's __setstate__) while loading, so they
 are read here by a restricted unpickler that only rebuilds tensors and records module
-attributes (`_ScriptUnpickler`); everything else goes through `torch.load(weights_only=True)`
+attributes (torchscript.py); everything else goes through `torch.load(weights_only=True)`
 or safetensors.
 
 OpenAI's state dicts use the same key names as open_clip's `CLIP` class; what differs is
@@ -18,12 +18,9 @@ without those entries cannot be told apart from an open_clip one: name the model
 "ViT-B-16-quickgelu" for it.
 """
 import hashlib
-import io
 import json
 import logging
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Type, Union
 
@@ -38,6 +35,7 @@ from uniemox.models.teacher import CLIPTeacher
 from uniemox.safeload import read_safetensors
 
 from .folder import ID_KEY, new_export_id
+from .torchscript import is_torchscript, read_torchscript_weights
 
 log = logging.getLogger(__name__)
 
@@ -54,85 +52,6 @@ EMBEDDED = {"uniemox-sample": ("uniemox-clip-tiny-64", "teacher-uniemox-sample.s
 def _first_line(err: BaseException, limit: int = 200) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {(text[0] if text else '')[:limit]}"
-
-
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives are zip files with a code/ folder; torch.save zips have none."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return any("/code/" in name for name in zf.namelist())
-    except zipfile.BadZipFile:
-        return False
-
-
-_STORAGE_DTYPES = {"FloatStorage": torch.float32, "HalfStorage": torch.float16,
-                   "BFloat16Storage": torch.bfloat16, "DoubleStorage": torch.float64,
-                   "LongStorage": torch.int64, "IntStorage": torch.int32, "ShortStorage": torch.int16,
-                   "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool}
-
-
-class _ScriptObject:
-    """Stands in for a TorchScript class: keeps the attributes, has none of the methods."""
-
-    def __setstate__(self, state):
-        self.state = state
-
-
-def _rebuild_tensor(storage, offset, size, stride, *_ignored):
-    return storage.as_strided(size, stride, offset)
-
-
-class _ScriptUnpickler(pickle.Unpickler):
-    """Reads a TorchScript archive's data.pkl: only tensors, containers and stand-in objects."""
-
-    def __init__(self, zf: zipfile.ZipFile, prefix: str):
-        super().__init__(io.BytesIO(zf.read(f"{prefix}/data.pkl")))
-        self.zf, self.prefix, self.storages, self.classes = zf, prefix, {}, set()
-
-    def find_class(self, module, name):
-        if module.startswith("__torch__."):
-            self.classes.add(name)
-            return type(name, (_ScriptObject,), {})
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return _rebuild_tensor
-        if (module, name) == ("collections", "OrderedDict"):
-            return dict
-        if module == "torch.jit._pickle" and (name.startswith("build_") or name == "restore_type_tag"):
-            return lambda value, *_: value  # typed-container tags of TorchScript's pickler
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-    def persistent_load(self, pid):
-        _kind, dtype, key, _location, numel = pid  # location ignored: everything lands on the CPU
-        if key not in self.storages:
-            raw = bytearray(self.zf.read(f"{self.prefix}/data/{key}"))
-            self.storages[key] = torch.frombuffer(raw, dtype=dtype, count=numel)
-        return self.storages[key]
-
-
-def _flatten(obj, prefix: str, out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    for name, value in getattr(obj, "state", {}).items():
-        if isinstance(value, torch.Tensor):
-            out[prefix + name] = value
-        elif isinstance(value, _ScriptObject):
-            _flatten(value, f"{prefix}{name}.", out)
-    return out
-
-
-def read_torchscript_weights(path: PathLike) -> Tuple[Dict[str, torch.Tensor], bool]:
-    """The tensors of a TorchScript archive, named like its `state_dict()`, without running it,
-    and whether its activation is QuickGELU (OpenAI's archives have QuickGELU modules)."""
-    with zipfile.ZipFile(path) as zf:
-        pkls = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
-        if len(pkls) != 1:
-            raise ValueError("no single data.pkl in the TorchScript archive")
-        prefix = pkls[0].split("/")[0]
-        if f"{prefix}/byteorder" in zf.namelist() and zf.read(f"{prefix}/byteorder") != b"little":
-            raise ValueError("big-endian archives are not supported")
-        unpickler = _ScriptUnpickler(zf, prefix)
-        sd = _flatten(unpickler.load(), "", {})
-        return sd, "QuickGELU" in unpickler.classes or "GELU" not in unpickler.classes
 
 
 def _as_state_dict(obj, path: Path) -> Dict[str, torch.Tensor]:
@@ -165,7 +84,7 @@ def read_weights(path: PathLike) -> Tuple[Dict[str, torch.Tensor], bool]:
         raise UserError(f"teacher weights file {path} cannot be read ({_first_line(err)})") from err
     quick_gelu = False
     try:
-        if head[:4] == b"PK\x03\x04" and _is_torchscript(path):
+        if head[:4] == b"PK\x03\x04" and is_torchscript(path):
             obj, quick_gelu = read_torchscript_weights(path)
         elif path.suffix == ".safetensors" or head[8:9] == b"{":  # u64 header length, then JSON
             from safetensors.torch import load_file
