@@ -42,7 +42,7 @@ def build_teacher(run_config: Dict, device: torch.device, model: Optional[str] =
         logger.warning("the pretraining run used a RANDOM teacher (pretrained: none), which cannot be rebuilt: "
                        "zero-shot scores are meaningless (pass the run's --teacher-weights)")
     return load_teacher(cfg.get("model", "ViT-B-16"), pretrained=cfg.get("pretrained"), weights=cfg.get("weights"),
-                       device=device, input_norm=cfg.get("input_norm", "imagenet"))
+                        device=device, input_norm=cfg.get("input_norm", "imagenet"))
 
 
 def load_student(path: str, proj_dim: int, device: torch.device):

@@ -23,7 +23,7 @@ from uniemox.models import create_encoder
 from uniemox.safeload import read_safetensors
 
 from .card import README, write_model_card
-from .folder import ID_KEY, Progress, check_belonging, locate, new_export_id, write_whole
+from .folder import ID_KEY, check_belonging, locate, new_export_id, write_whole
 from .release import load_encoder_checkpoint
 
 WEIGHTS = "model.safetensors"
@@ -47,7 +47,7 @@ def _save_weights(state: Dict[str, torch.Tensor], folder: Path, export_id: str) 
 
 def write_export(state_dict: Dict[str, torch.Tensor], out_dir: str, name: str, arch_overrides: Dict,
                  num_classes: int, global_pool: str, label_names: Optional[Sequence[str]] = None,
-                 extra: Optional[Dict] = None, card: Optional[Dict] = None, progress: Progress = None) -> Dict[str, str]:
+                 extra: Optional[Dict] = None, card: Optional[Dict] = None) -> Dict[str, str]:
     """The weights (fp32) in timm's hub layout, the ``uniemox`` section holding ``extra``, the card
     from ``card``; the weights must fit ``name`` with ``arch_overrides`` exactly."""
     import timm
@@ -69,7 +69,7 @@ def write_export(state_dict: Dict[str, torch.Tensor], out_dir: str, name: str, a
     out = write_whole(out_dir, [(WEIGHTS, lambda d: _save_weights(model.state_dict(), d, export_id)),
                                 (CONFIG, lambda d: save_config_for_hf(model, d / CONFIG, model_config=model_config)),
                                 (README, lambda d: write_model_card(str(d), name, card, folder=out_dir))],
-                      _is_hub_export, progress)
+                      _is_hub_export)
     return {"weights": str(out / WEIGHTS), "config": str(out / CONFIG), "card": str(out / README)}
 
 

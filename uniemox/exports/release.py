@@ -22,7 +22,8 @@ import torch.nn as nn
 from uniemox.errors import UserError
 from uniemox.models.fusion import Fusion
 from uniemox.models.fusion_release import from_release, to_release
-from uniemox.models.state_dicts import EXTRA_PARTS, HEAD_KEYS, LoadReport, load_encoder_state, load_into, split_checkpoint
+from uniemox.models.state_dicts import (EXTRA_PARTS, HEAD_KEYS, LoadReport, load_encoder_state, load_into,
+                                        split_checkpoint)
 from uniemox.safeload import load_restricted, read_safetensors
 
 logger = logging.getLogger(__name__)

@@ -70,7 +70,7 @@ class PretrainTask(Task):
 
         cfg, run = self.cfg, self.run
         teacher = load_teacher(cfg.teacher.model, pretrained=cfg.teacher.pretrained, weights=cfg.teacher.weights,
-                              device=run.device, precision=cfg.teacher.precision, input_norm=cfg.teacher.input_norm)
+                               device=run.device, precision=cfg.teacher.precision, input_norm=cfg.teacher.input_norm)
         model = create_pretrainer(cfg.model.name, fusion=cfg.model.fusion, fusion_heads=cfg.model.fusion_heads,
                                   proj_dim=teacher.embed_dim, mask_ratio=cfg.model.mask_ratio,
                                   losses=cfg.model.losses, contrastive_scope=cfg.model.contrastive_scope,
