@@ -18,6 +18,7 @@ from subprocesses import child_env
 from uniemox.bench.data import synthetic_prompt
 from uniemox.bench.runners import ReleaseTeacher
 from uniemox.bench.step import apply_preset
+from uniemox.exports.teacher import load_teacher
 from uniemox.launch.benchmark import build_parser, main
 from uniemox.models import create_encoder, create_pretrainer, get_arch
 from uniemox.models.flops import mae_forward_flops, pretrainer_step_flops, vit_forward_flops
@@ -74,7 +75,8 @@ def test_whole_step_flops_match_the_counted_step_with_teacher():
     """Two views, decoder, fusion, losses and the teacher's two towers, as in the benchmark."""
     torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA fast path is invisible to the counter
     try:
-        teacher = ReleaseTeacher("uniemox-clip-tiny", pretrained="none", precision="fp32", text_cache_size=0)
+        teacher = load_teacher("uniemox-clip-tiny", pretrained="none", cls=ReleaseTeacher, precision="fp32",
+                               text_cache_size=0)
         kw = dict(img_size=64, depth=2, decoder_depth=1)
         model = create_pretrainer("uniemox_vit_tiny_patch16", proj_dim=teacher.embed_dim, kernel_impl="torch",
                                   attn_backend="math", **kw)

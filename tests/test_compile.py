@@ -19,7 +19,7 @@ import torch
 
 from uniemox.kernels import distillation_triton, masking_triton, reconstruction_triton  # noqa: F401 (the ops)
 from uniemox.models import create_pretrainer
-from uniemox.models.teacher import CLIPTeacher
+from uniemox.exports.teacher import load_teacher
 
 ARCH = dict(img_size=32, depth=2, decoder_depth=1)
 FORWARD_OPS = {"uniemox.random_masking.default", "uniemox.unmask_tokens.default",
@@ -31,7 +31,7 @@ BACKWARD_OPS = {"uniemox.random_masking_backward.default", "uniemox.unmask_token
 
 @pytest.fixture(scope="module")
 def teacher():
-    return CLIPTeacher("uniemox-clip-tiny", pretrained="none")
+    return load_teacher("uniemox-clip-tiny", pretrained="none")
 
 
 def _student(teacher, impl):

@@ -6,8 +6,8 @@ import pytest
 import timm
 import torch
 
-from uniemox.convert import (load_encoder_checkpoint, load_pretrainer_checkpoint, mae_checkpoint,
-                             read_checkpoint)
+from uniemox.exports.release import (load_encoder_checkpoint, load_pretrainer_checkpoint, mae_checkpoint,
+                                     read_checkpoint)
 from uniemox.errors import UserError
 from uniemox.models import create_encoder, create_pretrainer
 from uniemox.models.fusion_release import to_release

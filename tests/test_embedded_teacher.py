@@ -12,8 +12,7 @@ from uniemox.data.prompts import TEMPLATE_SETS
 from uniemox.data.transforms import model_input
 from uniemox.errors import UserError
 from uniemox.launch.pretrain import config_of, parse_args
-from uniemox.models.teacher import CLIPTeacher
-from uniemox.models.teacher_weights import build_clip, embedded_card, embedded_weights
+from uniemox.exports.teacher import build_clip, embedded_card, embedded_weights, load_teacher
 from uniemox.models.zero_shot import class_embeddings, zero_shot_accuracy
 
 # The README states this threshold; chance is 1/8. The shipped teacher measured 0.977 (CPU).
@@ -21,8 +20,8 @@ ZERO_SHOT_THRESHOLD = 0.85
 
 
 @pytest.fixture(scope="module")
-def teacher() -> CLIPTeacher:
-    return CLIPTeacher("uniemox-clip-tiny-64", pretrained="uniemox-sample")
+def teacher():
+    return load_teacher("uniemox-clip-tiny-64", pretrained="uniemox-sample")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +69,7 @@ def test_loading_needs_no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    t = CLIPTeacher("uniemox-clip-tiny-64", pretrained="uniemox-sample", text_cache_size=0)
+    t = load_teacher("uniemox-clip-tiny-64", pretrained="uniemox-sample", text_cache_size=0)
     assert t.source.startswith("embedded 'uniemox-sample'")
     out = t.encode_text(["The overall emotion conveyed is awe."])
     assert out.shape == (1, 64) and torch.isfinite(out).all()
@@ -97,7 +96,7 @@ def test_main_job_sample_preset_uses_the_embedded_teacher():
     assert (cfg.teacher.model, cfg.teacher.pretrained, cfg.teacher.weights) == (
         "uniemox-clip-tiny-64", "uniemox-sample", None)
     arch_size = cfg.model.arch["img_size"]
-    t = CLIPTeacher(cfg.teacher.model, pretrained=cfg.teacher.pretrained, input_norm=cfg.teacher.input_norm)
+    t = load_teacher(cfg.teacher.model, pretrained=cfg.teacher.pretrained, input_norm=cfg.teacher.input_norm)
     assert t.image_size == (arch_size, arch_size)  # the teacher sees the scene view as it was trained
     # real data: no preset, so the user names a real teacher (weights file or open_clip tag)
     cfg = config_of(parse_args(["data.shards=/d/train-{000000..000003}.tar"]))

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
-import uniemox.models.timm_models as tm
+import uniemox.exports.hub as tm
 from uniemox.data.transforms import EvalTransform, crop_person, normalize
 from uniemox.eval.predict import load_views, predict_views
 from uniemox.eval.scorers import classifier_scorer
+from uniemox.exports.pretrain import write_pretrain_export
 from uniemox.models import create_encoder, create_pretrainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,10 +99,9 @@ def pretrain_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain_export")
     torch.manual_seed(0)
     student = create_pretrainer(NAME, proj_dim=64, fusion="easy", **TINY)
-    save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(out / "pretrainer.safetensors"))
     run_config = {"model": {"name": NAME, "arch": TINY, "fusion": "easy", "fusion_heads": 3},
                   "teacher": {"model": "uniemox-clip-tiny", "pretrained": "none"}, "train": {"seed": 0}}
-    (out / "config.json").write_text(json.dumps({"run_config": run_config, "format": "uniemox-encoder-v1"}))
+    write_pretrain_export(student.state_dict(), str(out), run_config, step=1)
     return out
 
 
@@ -167,7 +166,7 @@ def test_zero_shot_prompt_ensemble_scores_follow_the_formula(pretrain_export, ph
     """--templates FILE: each class is normalise(mean of its prompts' normalised teacher embeddings)
     and the logits are the scale times the cosines with it; the scores differ from the default's."""
     import torch.nn.functional as F
-    from uniemox.convert import read_pretrain_export
+    from uniemox.exports.pretrain import read_pretrain_export
     from uniemox.eval.zeroshot import build_teacher, build_zero_shot
 
     templates = ("A {} photo.", "It feels like {}.")

@@ -66,7 +66,7 @@ def test_other_zero_stages_start_and_step(tmp_path, stage):
     ok(out)
     from safetensors.torch import load_file
 
-    from uniemox.convert import load_encoder_checkpoint
+    from uniemox.exports.release import load_encoder_checkpoint
     from uniemox.models import create_encoder
     enc = create_encoder("uniemox_vit_tiny_patch16", img_size=32, depth=2, global_pool="token")
     report = load_encoder_checkpoint(enc, str(tmp_path / "export" / "encoder.safetensors"))

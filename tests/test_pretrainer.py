@@ -6,14 +6,14 @@ import torch
 from uniemox.data import build_prompt
 from uniemox.errors import UserError
 from uniemox.models import create_pretrainer
-from uniemox.models.teacher import CLIPTeacher
+from uniemox.exports.teacher import load_teacher
 
 ARCH = dict(img_size=32, depth=2, decoder_depth=1)
 
 
 @pytest.fixture(scope="module")
 def teacher():
-    return CLIPTeacher("uniemox-clip-tiny", pretrained="none")
+    return load_teacher("uniemox-clip-tiny", pretrained="none")
 
 
 def _batch(n=4, seed=0):
@@ -125,9 +125,9 @@ def test_teacher_width_must_match(teacher):
 def test_one_encoder_pass_for_both_views_gives_the_two_pass_step():
     """joint_views (the default): scene and person through the encoder as one batch of 2B; the
     encoder is per sample, so losses and gradients are those of the release's two passes."""
-    from uniemox.models.teacher import CLIPTeacher
+    from uniemox.exports.teacher import load_teacher
     torch.manual_seed(0)
-    teacher = CLIPTeacher("uniemox-clip-tiny-64", pretrained="none")
+    teacher = load_teacher("uniemox-clip-tiny-64", pretrained="none")
     model = create_pretrainer("uniemox_vit_tiny_patch16", proj_dim=teacher.embed_dim, img_size=64, depth=2,
                               decoder_depth=1, fusion="mlp_glu")
     model.attach_teacher(teacher)
@@ -153,8 +153,8 @@ def test_one_encoder_pass_for_both_views_gives_the_two_pass_step():
 def test_activation_checkpointing_gives_the_same_losses_and_gradients(drop_path):
     """model.grad_checkpointing: encoder and decoder blocks recomputed in the backward; with the
     random draws of drop-path replayed, nothing changes but memory and time."""
-    from uniemox.models.teacher import CLIPTeacher
-    teacher = CLIPTeacher("uniemox-clip-tiny-64", pretrained="none")
+    from uniemox.exports.teacher import load_teacher
+    teacher = load_teacher("uniemox-clip-tiny-64", pretrained="none")
     views, noise = torch.randn(2, 4, 3, 64, 64), torch.rand(2, 4, 16)
     texts = ["The overall emotion conveyed is awe."] * 4
     results, saved = [], []

@@ -89,7 +89,7 @@ def test_a_hostile_pickle_in_any_checkpoint_file_never_runs(runs, tmp_path, stag
 
 
 def test_a_hostile_safetensors_file_in_predict_is_one_line(tmp_path):
-    import uniemox.models.timm_models as tm
+    import uniemox.exports.hub as tm
     from uniemox.models import create_encoder
     model = create_encoder("uniemox_vit_tiny_patch16", num_classes=3, img_size=32, depth=2)
     tm.write_export(model.state_dict(), str(tmp_path / "best"), "uniemox_vit_tiny_patch16",
@@ -217,7 +217,7 @@ def test_16_bit_pngs_are_scaled_not_clipped(tmp_path):
 
 
 def test_predict_skips_a_fifo_with_a_line(tmp_path):
-    import uniemox.models.timm_models as tm
+    import uniemox.exports.hub as tm
     from uniemox.models import create_encoder
     model = create_encoder("uniemox_vit_tiny_patch16", num_classes=3, img_size=32, depth=2)
     tm.write_export(model.state_dict(), str(tmp_path / "best"), "uniemox_vit_tiny_patch16",

@@ -16,15 +16,15 @@ from open_clip.model import build_model_from_openai_state_dict
 from safetensors.torch import save_file
 
 from uniemox.errors import UserError
+from uniemox.exports.teacher import load_teacher, read_torchscript_weights
 from uniemox.models.teacher import IMAGENET_MEAN, IMAGENET_STD, CLIPTeacher
-from uniemox.models.teacher_weights import read_torchscript_weights
 
 TINY = "uniemox-clip-tiny"
 
 
 def _tiny(**kw) -> CLIPTeacher:
     kw.setdefault("pretrained", "none")
-    return CLIPTeacher(TINY, **kw)
+    return load_teacher(TINY, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_tiny_config_is_registered_and_small():
 
 
 def test_vit_b16_random_teacher_width_and_encode():
-    t = CLIPTeacher("ViT-B-16", pretrained="none")
+    t = load_teacher("ViT-B-16", pretrained="none")
     assert t.embed_dim == 512
     img = t.encode_image(torch.randn(1, 3, 224, 224))
     txt = t.encode_text(["The overall emotion conveyed is awe."])
@@ -183,7 +183,7 @@ def test_bad_text_input(tiny):
 
 # ---- weights files ----------------------------------------------------------------------
 def test_openclip_weights_round_trip(tiny, tiny_file, images, tmp_path):
-    loaded = CLIPTeacher(TINY, weights=tiny_file)
+    loaded = load_teacher(TINY, weights=tiny_file)
     assert torch.equal(loaded.encode_image(images), tiny.encode_image(images))
     assert torch.equal(loaded.encode_text(["hello"]), tiny.encode_text(["hello"]))
     st = tmp_path / "tiny.safetensors"
@@ -194,7 +194,7 @@ def test_openclip_weights_round_trip(tiny, tiny_file, images, tmp_path):
     own = tmp_path / "teacher.pt"  # CLIPTeacher.state_dict() itself
     torch.save(tiny.state_dict(), own)
     for path in (st, wrapped, own):
-        assert torch.equal(CLIPTeacher(TINY, weights=path).encode_image(images), tiny.encode_image(images))
+        assert torch.equal(load_teacher(TINY, weights=path).encode_image(images), tiny.encode_image(images))
 
 
 def _openai_like_model(seed: int = 3):
@@ -222,7 +222,7 @@ def test_openai_torchscript_release_format(images, tmp_path):
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) and ours[k].dtype == theirs[k].dtype for k in ours)
     assert ours["visual.conv1.weight"].dtype == torch.float16
-    teacher = CLIPTeacher(TINY, weights=path)
+    teacher = load_teacher(TINY, weights=path)
     assert "QuickGELU" in teacher.source
     # independent reference: open_clip's own builder infers the architecture from the state dict
     ref = build_model_from_openai_state_dict(dict(sd)).float().eval()
@@ -233,13 +233,13 @@ def test_openai_torchscript_release_format(images, tmp_path):
     # GELU instead of QuickGELU would be a different function: the auto-detection matters
     plain = tmp_path / "plain.pt"
     torch.save(sd, plain)
-    gelu = CLIPTeacher(TINY, weights=plain)
+    gelu = load_teacher(TINY, weights=plain)
     assert (gelu.encode_image(images) - teacher.encode_image(images)).abs().max() > 1e-4
     # OpenAI's meta entries in a plain state dict also mark the format
     meta = tmp_path / "meta.pt"
     torch.save({**sd, "input_resolution": torch.tensor(224), "context_length": torch.tensor(77),
                 "vocab_size": torch.tensor(49408)}, meta)
-    torch.testing.assert_close(CLIPTeacher(TINY, weights=meta).encode_image(images),
+    torch.testing.assert_close(load_teacher(TINY, weights=meta).encode_image(images),
                                teacher.encode_image(images), rtol=0, atol=0)
 
 
@@ -249,30 +249,30 @@ def test_torchscript_archive_with_gelu_keeps_gelu(tiny, images, tmp_path):
     tokens = torch.zeros(1, 77, dtype=torch.long)
     torch.jit.save(torch.jit.trace_module(tiny.clip, {"encode_text": (tokens,)}), str(path))
     assert read_torchscript_weights(path)[1] is False
-    torch.testing.assert_close(CLIPTeacher(TINY, weights=path).encode_image(images), tiny.encode_image(images),
+    torch.testing.assert_close(load_teacher(TINY, weights=path).encode_image(images), tiny.encode_image(images),
                                rtol=0, atol=0)
 
 
 def test_missing_and_directory_weights(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        CLIPTeacher(TINY, weights=tmp_path / "nope.pt")
+        load_teacher(TINY, weights=tmp_path / "nope.pt")
     with pytest.raises(UserError, match="is a directory"):
-        CLIPTeacher(TINY, weights=tmp_path)
+        load_teacher(TINY, weights=tmp_path)
 
 
 def test_garbage_and_non_state_dict_files(tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(os.urandom(4096))
     with pytest.raises(UserError, match="not a readable"):
-        CLIPTeacher(TINY, weights=garbage)
+        load_teacher(TINY, weights=garbage)
     listing = tmp_path / "list.pt"
     torch.save([1, 2, 3], listing)
     with pytest.raises(UserError, match="not a state dict"):
-        CLIPTeacher(TINY, weights=listing)
+        load_teacher(TINY, weights=listing)
     mixed = tmp_path / "mixed.pt"
     torch.save({"visual.proj": torch.zeros(2), "note": "hello"}, mixed)
     with pytest.raises(UserError, match="not tensors"):
-        CLIPTeacher(TINY, weights=mixed)
+        load_teacher(TINY, weights=mixed)
 
 
 class _RunsCode:
@@ -288,7 +288,7 @@ def test_weights_file_cannot_run_code(tmp_path):
     with open(evil, "wb") as f:
         pickle.dump({"visual.proj": _RunsCode(str(marker))}, f, protocol=2)
     with pytest.raises(UserError, match="not a readable"):
-        CLIPTeacher(TINY, weights=evil)
+        load_teacher(TINY, weights=evil)
     assert not marker.exists()
 
 
@@ -298,7 +298,7 @@ def test_torchscript_looking_file_cannot_run_code(tmp_path):
         zf.writestr("archive/code/__torch__/m.py", "")
         zf.writestr("archive/data.pkl", pickle.dumps({"w": _RunsCode(str(marker))}, protocol=2))
     with pytest.raises(UserError, match="refusing to load"):
-        CLIPTeacher(TINY, weights=evil)
+        load_teacher(TINY, weights=evil)
     assert not marker.exists()
 
 
@@ -308,7 +308,7 @@ def test_wrong_architecture_files(tiny, tmp_path):
     cut = tmp_path / "cut.pt"
     torch.save(sd, cut)
     with pytest.raises(UserError) as err:
-        CLIPTeacher(TINY, weights=cut)
+        load_teacher(TINY, weights=cut)
     msg = str(err.value)
     assert str(cut) in msg and "missing keys" in msg and "1 unexpected keys (extra.weight)" in msg
     assert "\n" not in msg
@@ -316,13 +316,13 @@ def test_wrong_architecture_files(tiny, tmp_path):
 
 def test_tiny_weights_for_vit_b16_are_refused(tiny_file):
     with pytest.raises(UserError, match="shape mismatches.*teacher model name"):
-        CLIPTeacher("ViT-B-16", weights=tiny_file)
+        load_teacher("ViT-B-16", weights=tiny_file)
 
 
 # ---- configuration errors and the random teacher ----------------------------------------
 def test_no_weights_source_is_an_error():
     with pytest.raises(UserError, match="--teacher-weights FILE.*pretrained: none"):
-        CLIPTeacher(TINY)
+        load_teacher(TINY)
 
 
 def test_random_teacher_warns(caplog):
@@ -335,15 +335,15 @@ def test_random_teacher_warns(caplog):
 
 def test_weights_file_does_not_warn_random(tiny_file, caplog):
     with caplog.at_level(logging.WARNING):
-        CLIPTeacher(TINY, weights=tiny_file, pretrained="none")
+        load_teacher(TINY, weights=tiny_file, pretrained="none")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_unknown_model_tag_and_options():
     with pytest.raises(UserError, match="unknown open_clip model"):
-        CLIPTeacher("ViT-Q-99", pretrained="none")
+        load_teacher("ViT-Q-99", pretrained="none")
     with pytest.raises(UserError, match="not an open_clip pretrained tag"):
-        CLIPTeacher("ViT-B-16", pretrained="no-such-tag")
+        load_teacher("ViT-B-16", pretrained="no-such-tag")
     with pytest.raises(UserError, match="precision"):
         _tiny(precision="fp8")
     with pytest.raises(UserError, match="input_norm"):
@@ -356,4 +356,4 @@ def test_pretrained_tag_without_hub_is_a_clear_error(monkeypatch):
     import huggingface_hub.constants as hf_constants
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)  # fail at once instead of retrying
     with pytest.raises(UserError, match="no network.*--teacher-weights FILE"):
-        CLIPTeacher("ViT-B-16", pretrained="openai")
+        load_teacher("ViT-B-16", pretrained="openai")

@@ -20,8 +20,8 @@ from uniemox.launch.train_teacher import config_of, parse_args
 from uniemox.tasks.base import MicroContext
 from uniemox.tasks.clip_teacher import export_teacher_weights
 from uniemox.losses import clip_contrastive_loss
-from uniemox.models.teacher import CLIPTeacher
-from uniemox.models.teacher_weights import embedded_card
+from uniemox.exports.teacher import load_teacher
+from uniemox.exports.teacher import embedded_card
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, "launch", "train_teacher.py")
@@ -155,8 +155,8 @@ def test_recorded_command_restarts_from_the_recorded_first_loss(tmp_path):
     card2 = export_teacher_weights(str(out / "checkpoints" / "step_00000002"), str(tmp_path / "again.safetensors"),
                                    "fp32")
     assert card2["dtype"] == "fp32" and card2["steps"] == 2 and card2["first_step_loss"] == rows[1]["loss/loss"]
-    a = CLIPTeacher("uniemox-clip-tiny-64", weights=str(out / "export" / "teacher.safetensors"))
-    b = CLIPTeacher("uniemox-clip-tiny-64", weights=str(tmp_path / "again.safetensors"))
+    a = load_teacher("uniemox-clip-tiny-64", weights=str(out / "export" / "teacher.safetensors"))
+    b = load_teacher("uniemox-clip-tiny-64", weights=str(tmp_path / "again.safetensors"))
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(va, vb, atol=1e-3, rtol=1e-3, msg=k)  # fp16 vs fp32 export
 
@@ -195,7 +195,7 @@ def test_two_ranks_zero3_train_evaluate_and_export(tmp_path):
     with open(tmp_path / "metrics.jsonl") as f:
         evals = [json.loads(line) for line in f if "eval/zero_shot_accuracy" in line]
     assert [e["step"] for e in evals] == [1, 2] and all(e["eval/images"] == 256 for e in evals)
-    t = CLIPTeacher("uniemox-clip-tiny-64", weights=str(tmp_path / "export" / "teacher.safetensors"))
+    t = load_teacher("uniemox-clip-tiny-64", weights=str(tmp_path / "export" / "teacher.safetensors"))
     zero_shot = json.loads((tmp_path / "export" / "teacher.json").read_text())["zero_shot"]
     assert zero_shot["accuracy"] == evals[-1]["eval/zero_shot_accuracy"]
     assert zero_shot["templates"] == list(TEMPLATE_SETS["emotion"])  # the prompt ensemble it was scored with

@@ -7,12 +7,13 @@ import sys
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
 
-import uniemox.models.timm_models as tm
+import uniemox.exports.hub as tm
 from uniemox.errors import UserError
 from uniemox.models import create_encoder, create_pretrainer, get_arch, list_models
-from uniemox.train.export import encoder_state
+from uniemox.exports.folder import ID_KEY
+from uniemox.exports.pretrain import write_pretrain_export
+from uniemox.safeload import read_safetensors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"img_size": 32, "depth": 2}
@@ -55,7 +56,7 @@ def test_an_export_is_timms_save_for_hf_output_with_a_model_card(tmp_path):
     card): config.json as timm's own, README.md with the training config and the results."""
     from timm.models import save_for_hf
 
-    from uniemox.finetune.heads import init_architecture
+    from uniemox.exports.kinds import init_architecture
 
     model = _classifier()
     card = {"description": "A test classifier.", "results": {"val": {"top1": 0.5, "num_samples": 8}},
@@ -66,7 +67,9 @@ def test_an_export_is_timms_save_for_hf_output_with_a_model_card(tmp_path):
     reference = timm.create_model(NAME, num_classes=5, global_pool="avg", **TINY)
     save_for_hf(reference, str(tmp_path / "ref"), model_config={"label_names": list("abcde")}, safe_serialization=True)
     ours = json.loads((tmp_path / "exp" / "config.json").read_text())
-    assert ours.pop("uniemox") == {"task": "single_label", "format": tm.EXPORT_FORMAT}
+    export_id = ours["uniemox"]["export_id"]  # the weights carry it too: files of one export
+    assert read_safetensors(paths["weights"], tensors=False)[1][ID_KEY] == export_id
+    assert ours.pop("uniemox") == {"task": "single_label", "format": tm.EXPORT_FORMAT, "export_id": export_id}
     assert ours == json.loads((tmp_path / "ref" / "config.json").read_text())
     text = open(paths["card"]).read()
     assert text.startswith("---\n") and "library_name: timm" in text and "A test classifier." in text
@@ -98,14 +101,11 @@ def test_pretrained_encoder_export_gives_the_distilled_cls_features(tmp_path):
     whose output is the final-normed CLS token; the CLI does the same."""
     pre = create_pretrainer(NAME, proj_dim=64, **TINY).eval()
     src = tmp_path / "pretrain_export"
-    src.mkdir()
-    save_file({k: v.contiguous() for k, v in encoder_state(pre.state_dict()).items()},
-              str(src / "encoder.safetensors"))
     run = tmp_path / "run"  # the pretraining run the export came from, with its logged losses
     (run / "checkpoints").mkdir(parents=True)
     (run / "metrics.jsonl").write_text('{"loss/loss": 0.9, "step": 6}\n{"loss/loss": 0.25, "optim/lr": 0.1, "step": 7}\n')
-    (src / "config.json").write_text(json.dumps({"run_config": {"model": {"name": NAME, "arch": TINY}},
-                                                 "source": str(run / "checkpoints" / "step_00000007")}))
+    write_pretrain_export(pre.state_dict(), str(src), {"model": {"name": NAME, "arch": TINY}},
+                          source=str(run / "checkpoints" / "step_00000007"), step=7)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         cls = pre.model.forward_features(x)[:, 0]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from uniemox.data.prompts import EMOTION_TEMPLATE, TEMPLATE_SETS, emotion_prompt, load_templates
 from uniemox.errors import UserError
 from uniemox.eval.zeroshot import class_text_embeddings
-from uniemox.models.teacher import CLIPTeacher
+from uniemox.exports.teacher import load_teacher
 from uniemox.models.zero_shot import class_embeddings
 
 TWO = ("A {} photo.", "It feels like {}.")
@@ -50,7 +50,7 @@ def test_two_templates_by_hand():
 
 @pytest.fixture(scope="module")
 def teacher():
-    return CLIPTeacher("uniemox-clip-tiny-64", pretrained="uniemox-sample")
+    return load_teacher("uniemox-clip-tiny-64", pretrained="uniemox-sample")
 
 
 def test_the_teachers_ensemble_is_the_mean_of_its_normalised_prompts(teacher):

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Optional, Union
 
 from uniemox.errors import UserError
 
@@ -64,16 +64,40 @@ def read_json(path: PathLike, what: str = "file") -> Any:
         raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
-def replace_dir(tmp_dir: PathLike, out_dir: PathLike) -> Path:
-    """Move a finished folder into place; an existing one is swapped out first and removed
-    after, so ``out_dir`` is always either the old folder or the new one."""
+def fsync_path(path: PathLike) -> None:
+    """Flush a file's or a folder's entries to disk (a folder: the names in it, e.g. after a rename)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def aside_prefix(out_dir: PathLike) -> str:
+    """How the folders that ``replace_dir`` sets aside are named: this, then the writer's process id."""
+    return f".{Path(str(out_dir).rstrip('/')).name}.old-"
+
+
+def replace_dir(tmp_dir: PathLike, out_dir: PathLike, between: Optional[Callable[[], None]] = None) -> Path:
+    """Move a finished folder into place, its files flushed to disk first; an existing one is set
+    aside first (``aside_prefix``) and removed after, so ``out_dir`` is always the old folder or the
+    new one, or (killed between the two renames) the old one lies aside whole. ``between`` is called
+    between the two renames (the fault hooks)."""
     tmp_dir, out_dir = Path(tmp_dir), Path(str(out_dir).rstrip("/"))
+    for path in tmp_dir.iterdir():
+        if path.is_file():
+            fsync_path(path)
+    fsync_path(tmp_dir)
     if out_dir.is_dir():
-        old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
+        old = out_dir.with_name(f"{aside_prefix(out_dir)}{os.getpid()}")
         os.replace(out_dir, old)
+        if between:
+            between()
         os.replace(tmp_dir, out_dir)
+        fsync_path(out_dir.parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp_dir, out_dir)
+        fsync_path(out_dir.parent)
     return out_dir

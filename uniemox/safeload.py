@@ -80,3 +80,21 @@ def check_checkpoint_dir(tag_path: str) -> None:
     or the first one that does not is refused."""
     for path in checkpoint_files(tag_path):
         load_restricted(path, DEEPSPEED_TYPES, mmap=True, what="checkpoint file")
+
+
+def read_safetensors(path: str, what: str = "weights", tensors: bool = True):
+    """(tensors, metadata) of a safetensors file (tensors only when asked: the header alone is cheap).
+    A pickle or anything else under the name, a damaged header or a truncated file is a ``UserError``
+    of one line: safetensors parses the file itself, it never unpickles."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise UserError(f"{what} not found: {path}")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()} if tensors else None
+    except Exception as exc:  # SafetensorError, OSError, a header that is not JSON
+        raise UserError(f"cannot read {what} {path}: not a readable safetensors file "
+                        f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+    return state, metadata

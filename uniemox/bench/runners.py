@@ -30,6 +30,7 @@ import torch
 
 from uniemox.data.transforms import model_input
 from uniemox.models import create_pretrainer
+from uniemox.exports.teacher import load_teacher
 from uniemox.models.teacher import CLIPTeacher
 from uniemox.train.param_groups import decay_groups
 
@@ -85,7 +86,7 @@ class StepRunner:
 
 def _teacher(cls, spec: RunnerSpec, device: torch.device, **kwargs) -> CLIPTeacher:
     torch.manual_seed(spec.seed)  # random teacher weights: the same in both variants
-    return cls(spec.teacher, pretrained="none", device=device, **kwargs)
+    return load_teacher(spec.teacher, pretrained="none", cls=cls, device=device, **kwargs)
 
 
 def _pretrainer(spec: RunnerSpec, teacher: CLIPTeacher, attn: str, kernels: str, device: torch.device,

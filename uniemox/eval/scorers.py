@@ -27,7 +27,7 @@ class Scorer:
 def classifier_scorer(path: str, device: torch.device, person_view: bool) -> Scorer:
     """A fine-tuned model (RUN_DIR/best or any export in timm's layout). With the person view,
     the scene's and the person's probabilities are averaged where a person was found."""
-    from uniemox.models.timm_models import create_from_export
+    from uniemox.exports.hub import create_from_export
 
     model, config = create_from_export(path)
     if not config["num_classes"]:

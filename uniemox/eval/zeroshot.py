@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from uniemox.data.prompts import EMOTION_TEMPLATE
-from uniemox.convert import read_pretrain_export
+from uniemox.exports.pretrain import read_pretrain_export
 from uniemox.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def build_teacher(run_config: Dict, device: torch.device, model: Optional[str] =
                   weights: Optional[str] = None, pretrained: Optional[str] = None):
     """The pretraining run's teacher (as its config names it), or the one given. A random
     teacher (pretrained: none) cannot be rebuilt: the scores are then a smoke test only."""
-    from uniemox.models.teacher import CLIPTeacher
+    from uniemox.exports.teacher import load_teacher
 
     cfg = dict(run_config.get("teacher") or {})
     if model:
@@ -41,13 +41,13 @@ def build_teacher(run_config: Dict, device: torch.device, model: Optional[str] =
     if not cfg.get("weights") and str(cfg.get("pretrained")).lower() == "none":
         logger.warning("the pretraining run used a RANDOM teacher (pretrained: none), which cannot be rebuilt: "
                        "zero-shot scores are meaningless (pass the run's --teacher-weights)")
-    return CLIPTeacher(cfg.get("model", "ViT-B-16"), pretrained=cfg.get("pretrained"), weights=cfg.get("weights"),
-                       device=device, input_norm=cfg.get("input_norm", "imagenet"))
+    return load_teacher(cfg.get("model", "ViT-B-16"), pretrained=cfg.get("pretrained"), weights=cfg.get("weights"),
+                        device=device, input_norm=cfg.get("input_norm", "imagenet"))
 
 
 def load_student(path: str, proj_dim: int, device: torch.device):
     """The pretrained UniEmoX module (encoder, projection, fusion) of an export, in eval mode."""
-    from uniemox.convert import load_pretrainer_checkpoint
+    from uniemox.exports.release import load_pretrainer_checkpoint
     from uniemox.models import create_pretrainer
 
     weights, _, run_config = read_pretrain_export(path)

@@ -4,7 +4,6 @@ validation scores); ``README.md`` is the model card: the training config and the
 (validation when written, test added once the test split is scored)."""
 import json
 import os
-import shutil
 from typing import Dict, Optional, Sequence
 
 HEADLINE = ("top1", "top3", "macro_f1", "mAP")
@@ -15,7 +14,7 @@ def headline(metrics: Optional[Dict]) -> Optional[Dict]:
 
 
 def classifier_card(cfg, classes: Sequence[str], meta: Dict, test: Optional[Dict] = None) -> Dict:
-    """The model card (uniemox.models.model_card) of a classifier written by a run with ``cfg``."""
+    """The model card (uniemox.exports.card) of a classifier written by a run with ``cfg``."""
     from uniemox.config import to_dict
 
     recipe = meta.get("recipe", "finetune")
@@ -41,7 +40,7 @@ def write_classifier(state: Dict, out_dir: str, cfg, classes: Sequence[str], mul
                      step: int, metrics: Optional[Dict], **meta) -> None:
     """``out_dir`` in timm's hub layout; ``meta`` (recipe, weights, ...) goes into config.json's
     uniemox section beside the step, task, init and validation scores."""
-    from uniemox.models.timm_models import write_export
+    from uniemox.exports.hub import write_export
 
     meta = dict({"step": step, "task": "multi_label" if multi_label else "single_label", "init": cfg.model.init,
                  "val": headline(metrics)}, **meta)
@@ -51,8 +50,8 @@ def write_classifier(state: Dict, out_dir: str, cfg, classes: Sequence[str], mul
 
 def add_test_to_card(out_dir: str, cfg, classes: Sequence[str], test: Dict) -> None:
     """The model card again, with the test split's scores of these very weights."""
-    from uniemox.models.model_card import write_model_card
-    from uniemox.models.timm_models import read_export_config
+    from uniemox.exports.card import write_model_card
+    from uniemox.exports.hub import read_export_config
 
     meta = read_export_config(out_dir)["uniemox"]
     write_model_card(out_dir, cfg.model.name, classifier_card(cfg, classes, meta, test))
@@ -60,15 +59,14 @@ def add_test_to_card(out_dir: str, cfg, classes: Sequence[str], test: Dict) -> N
 
 def export_classifier(source: str, out_dir: str) -> Dict[str, str]:
     """A timm export (model.safetensors + config.json + README.md) of a fine-tuning run dir (its
-    best/) or of a pretraining export folder (the headless encoder)."""
-    from uniemox.models.timm_models import export_pretrained, read_export_config
+    best/, copied whole once read through the checked loader) or of a pretraining export folder
+    (the headless encoder)."""
+    from uniemox.exports.folder import locate
+    from uniemox.exports.hub import copy_export, export_pretrained
 
     best = os.path.join(source, "best")
-    if os.path.isfile(os.path.join(best, "config.json")):  # a fine-tuning run dir
-        read_export_config(best)
-        shutil.copytree(best, out_dir, dirs_exist_ok=True)
-        paths = {name: os.path.join(out_dir, file) for name, file in
-                 (("weights", "model.safetensors"), ("config", "config.json"), ("card", "README.md"))}
+    if os.path.isfile(os.path.join(locate(best), "config.json")):  # a fine-tuning run dir
+        paths = copy_export(best, out_dir)
     else:
         paths = export_pretrained(source, out_dir)
     print(json.dumps(paths, indent=1))

@@ -10,58 +10,19 @@
 * probe grid: many such heads on the same frozen features, one forward of the encoder for all.
 """
 import copy
-import os
 from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 
-from uniemox.convert import LoadReport
-from uniemox.errors import UserError
-from uniemox.io import read_json
-
-
-def resolve_init(path: str) -> str:
-    """A weights file from ``model.init``: a file as is; in a folder, a pretraining export's
-    encoder.safetensors or a timm export's model.safetensors."""
-    if os.path.isfile(path):
-        return path
-    if os.path.isdir(path):
-        for name in ("encoder.safetensors", "model.safetensors"):
-            if os.path.isfile(os.path.join(path, name)):
-                return os.path.join(path, name)
-        raise UserError(f"model.init {path}: a folder without encoder.safetensors or model.safetensors "
-                        f"(for a pretraining checkpoint run 'uniemox-pretrain --export CKPT OUT' first)")
-    raise UserError(f"model.init not found: {path}")
-
-
-def init_architecture(init: str) -> Dict:
-    """model.name / model.arch recorded in a pretraining or timm export folder (empty for plain
-    files, whose architecture the run config must name)."""
-    config = os.path.join(init, "config.json")
-    if not os.path.isfile(config):
-        return {}
-    data = read_json(config, "export config")
-    if "run_config" in data:
-        model = data["run_config"].get("model") or {}
-        return {k: model[k] for k in ("name", "arch") if k in model}
-    if "architecture" in data:  # timm's save_for_hf layout: model_args hold more than the architecture
-        from dataclasses import fields
-
-        from uniemox.models import get_arch
-
-        known = {f.name for f in fields(get_arch(data["architecture"]))}
-        arch = {k: v for k, v in (data.get("model_args") or {}).items() if k in known}
-        if isinstance(arch.get("img_size"), (list, tuple)):  # timm records (H, W); ours are square
-            arch["img_size"] = int(arch["img_size"][0])
-        return {"name": data["architecture"], "arch": arch}
-    return {}
+from uniemox.models.state_dicts import LoadReport
 
 
 def load_init(encoder: nn.Module, path: str) -> LoadReport:
-    """Pretrained encoder weights (any layout ``uniemox.convert`` reads, or an export folder) into
-    a classifier; a head of another class count is left out (a fresh head, as MAE fine-tuning)."""
-    from uniemox.convert import load_encoder_checkpoint
+    """Pretrained encoder weights (any layout ``uniemox.exports.release`` reads, or an export folder)
+    into a classifier; a head of another class count is left out (a fresh head, as MAE fine-tuning)."""
+    from uniemox.exports.kinds import resolve_init
+    from uniemox.exports.release import load_encoder_checkpoint
 
     return load_encoder_checkpoint(encoder, resolve_init(path))
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from uniemox.data.transforms import IMAGENET_MEAN, IMAGENET_STD, model_input, to_device
 from uniemox.errors import UserError
-from uniemox.models.teacher_weights import PathLike, build_clip
+from uniemox.models import clip_models  # noqa: F401  (this project's open_clip configs, known by name)
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,9 @@ class ImageInput(nn.Module):
 
 class CLIPTeacher(nn.Module):
     """Frozen open_clip model; `encode_image` / `encode_text` return [B, embed_dim] float32,
-    unnormalised (the distillation losses normalise).
+    unnormalised (the distillation losses normalise). ``clip``: the open_clip model ``model_name``
+    with its weights (``uniemox.exports.teacher.load_teacher`` builds both from a file or a tag);
+    ``source``: where the weights came from, for the log.
 
     input_norm: "imagenet" feeds the ImageNet-normalised student view as it is (the release);
     "clip" first re-normalises it to CLIP's own mean/std:
@@ -88,8 +90,7 @@ class CLIPTeacher(nn.Module):
     a device sync).
     """
 
-    def __init__(self, model_name: str = "ViT-B-16", pretrained: Optional[str] = None,
-                 weights: Optional[PathLike] = None, device: Union[str, torch.device] = "cpu",
+    def __init__(self, clip: nn.Module, model_name: str, source: str = "given", device: Union[str, torch.device] = "cpu",
                  precision: str = "auto", input_norm: str = "imagenet", text_cache_size: int = 65536):
         super().__init__()
         if precision not in PRECISIONS:
@@ -103,7 +104,7 @@ class CLIPTeacher(nn.Module):
         self._cache: "OrderedDict[str, torch.Tensor]" = OrderedDict()
         self._hits = self._misses = 0
 
-        clip, self.source = build_clip(model_name, pretrained=pretrained, weights=weights)
+        self.source = source
         clip.requires_grad_(False)
         self.clip = clip.eval()
         self._embed_dim = int(open_clip.get_model_config(model_name)["embed_dim"])

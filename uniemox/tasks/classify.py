@@ -30,7 +30,7 @@ class ClassifyTask(Task):
         """The release's fine-tuning recipe or MAE's linear probe (and the probe grid's on top); the
         sample set's sizes when no data is named; the model of ``model.init`` when it is an export
         folder and no model is named."""
-        from uniemox.finetune.heads import init_architecture
+        from uniemox.exports.kinds import init_architecture
 
         train = user.get("train") or {}
         grid = bool(train.get("probe_grid"))
@@ -231,7 +231,7 @@ class ClassifyTask(Task):
 
     def finish(self, engine, step, last_checkpoint, skipped_steps):
         from uniemox.finetune.export import add_test_to_card
-        from uniemox.models.timm_models import create_from_export
+        from uniemox.exports.hub import create_from_export
 
         run = self.run
         if not self.data.val or self.best["step"] is None:

@@ -1,10 +1,8 @@
 """Teacher training: contrastive image-text training (CLIP's symmetric InfoNCE, learned temperature)
 of an open_clip model on captioned shards (METHOD §1 captions), the scene view as the image. The
 result is a CLIP weights file (safetensors + a JSON card) for the pretraining teacher."""
-import hashlib
 import logging
 import os
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
@@ -16,12 +14,10 @@ from uniemox.data.prompts import load_templates, shorten_captions
 from uniemox.data.tarstream import data_retry
 from uniemox.data.transforms import model_input
 from uniemox.errors import UserError
-from uniemox.io import atomic_save, atomic_write_json
 from uniemox.train.checkpoint import read_marker
 
 from .base import Task
 
-CARD_FORMAT = "uniemox-clip-teacher-v1"
 CAPTION_SALT = 17  # caption draws use their own stream beside any other draw of the micro-batch
 
 
@@ -51,7 +47,7 @@ class TeacherTask(Task):
     def build_model(self):
         import open_clip
         from uniemox.models.contrastive_clip import ContrastiveCLIP
-        from uniemox.models.teacher_weights import build_clip
+        from uniemox.exports.teacher import build_clip
 
         cfg = self.cfg
         clip, self.source = build_clip(cfg.model.name, pretrained=cfg.model.pretrained, weights=cfg.model.weights)
@@ -86,7 +82,7 @@ class TeacherTask(Task):
 
     def _image_size(self) -> int:
         import open_clip
-        from uniemox.models.teacher_weights import register_model_configs
+        from uniemox.models.clip_models import register_model_configs
 
         register_model_configs()
         model_cfg = open_clip.get_model_config(self.cfg.model.name)
@@ -200,25 +196,15 @@ class TeacherTask(Task):
 
 
 def export_teacher_weights(tag_path: str, out_file: str, dtype: str = "fp16", card: Optional[Dict] = None) -> Dict:
-    """The CLIP state dict of a teacher-training checkpoint (any ZeRO stage) as safetensors plus a
-    JSON card with the same stem; returns the card. Loadable with CLIPTeacher(weights=out_file)."""
-    from safetensors.torch import save_file
+    """The CLIP state dict of a teacher-training checkpoint (any ZeRO stage) as the teacher's export
+    (uniemox.exports.teacher); returns the card. Loadable with load_teacher(weights=out_file)."""
+    from uniemox.exports.teacher import write_teacher_weights
     from uniemox.train.export import fp32_state_from_checkpoint
 
-    if dtype not in ("fp16", "fp32"):
-        raise UserError(f"export.dtype must be fp16 or fp32, got {dtype!r}")
     state = fp32_state_from_checkpoint(tag_path)
-    clip = {k[len("clip."):]: v.to(torch.float16 if dtype == "fp16" else torch.float32).contiguous()
-            for k, v in state.items() if k.startswith("clip.")}
+    clip = {k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.")}
     if not clip:
         raise UserError(f"{tag_path} holds no CLIP weights (not a train_teacher checkpoint?)")
     if card is None:  # the card the run left in the checkpoint's marker
         card = read_marker(tag_path).get("card", {})
-    out = Path(out_file).with_suffix(".safetensors")
-    atomic_save(out, lambda tmp: save_file(clip, tmp, metadata={"format": CARD_FORMAT,
-                                                                "model": str(card.get("model", ""))}))
-    os.chmod(out, 0o644)  # a package data file: readable by every user of an install
-    card = dict(card, format=CARD_FORMAT, weights=out.name, dtype=dtype, bytes=out.stat().st_size,
-                sha256=hashlib.sha256(out.read_bytes()).hexdigest())
-    atomic_write_json(out.with_suffix(".json"), card)
-    return card
+    return write_teacher_weights(clip, out_file, dtype, card)

@@ -14,7 +14,6 @@ from uniemox.data.transforms import model_input
 from uniemox.errors import UserError
 from uniemox.models import create_pretrainer, get_arch
 from uniemox.models.flops import pretrainer_step_flops
-from uniemox.models.teacher import CLIPTeacher
 from uniemox.train.checkpoint import read_marker
 
 from .base import MicroContext, Task
@@ -66,11 +65,12 @@ class PretrainTask(Task):
         return epoch_size(self.shards)
 
     def build_model(self):
-        from uniemox.convert import load_pretrainer_checkpoint
+        from uniemox.exports.release import load_pretrainer_checkpoint
+        from uniemox.exports.teacher import load_teacher
 
         cfg, run = self.cfg, self.run
-        teacher = CLIPTeacher(cfg.teacher.model, pretrained=cfg.teacher.pretrained, weights=cfg.teacher.weights,
-                              device=run.device, precision=cfg.teacher.precision, input_norm=cfg.teacher.input_norm)
+        teacher = load_teacher(cfg.teacher.model, pretrained=cfg.teacher.pretrained, weights=cfg.teacher.weights,
+                               device=run.device, precision=cfg.teacher.precision, input_norm=cfg.teacher.input_norm)
         model = create_pretrainer(cfg.model.name, fusion=cfg.model.fusion, fusion_heads=cfg.model.fusion_heads,
                                   proj_dim=teacher.embed_dim, mask_ratio=cfg.model.mask_ratio,
                                   losses=cfg.model.losses, contrastive_scope=cfg.model.contrastive_scope,
@@ -123,13 +123,17 @@ class PretrainTask(Task):
 def export_checkpoint(tag_path: str, out_dir: str) -> Dict[str, str]:
     """fp32 safetensors of a pretraining checkpoint (any ZeRO stage), labelled with the run config
     its marker records (the checkpoint's own, not whatever config.yaml says now)."""
-    from uniemox.train.export import export
+    from uniemox.exports.pretrain import write_pretrain_export
+    from uniemox.train.export import fp32_state_from_checkpoint
+    from uniemox.train.hooks import export_progress
 
     if not os.path.isdir(tag_path):
         raise UserError(f"checkpoint directory not found: {tag_path}")
-    run_config = read_marker(tag_path).get("config") or {}
+    marker = read_marker(tag_path)
+    run_config = marker.get("config") or {}
     if "teacher" not in run_config:
         raise UserError(f"{tag_path} is not a pretraining checkpoint (its run config has no teacher section)")
-    paths = export(tag_path, out_dir, {"run_config": run_config})
+    paths = write_pretrain_export(fp32_state_from_checkpoint(tag_path), out_dir, run_config, source=tag_path,
+                                  step=marker.get("step"), progress=export_progress())
     print(json.dumps(paths, indent=1))
     return paths

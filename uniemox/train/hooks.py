@@ -7,31 +7,42 @@ inject, at the given (1-based) step:
     kill@save:N       SIGKILL while saving step N's checkpoint: files written, not yet marked complete
     nan_loss@step:N   step N's loss is NaN
     nan_grad@step:N   step N's loss is finite but its gradient is NaN
+    kill@export:FILE  SIGKILL an export once FILE is written into its temporary folder (FILE "swap":
+                      once the older export is set aside, before the new one is renamed in)
 
 Several faults are comma-separated: ``UNIEMOX_FAULT=nan_loss@step:3,nan_grad@step:5``.
 """
 import os
 import signal
-from typing import Dict, Set
+from typing import Callable, Dict, Optional, Set
 
 from uniemox.errors import UserError
 
 VARIABLE = "UNIEMOX_FAULT"
 KINDS = ("kill@step", "kill@save", "nan_loss@step", "nan_grad@step")
+NAMED = ("kill@export",)  # faults at a named point, not a step
 
 
-def parse(spec: str) -> Dict[str, Set[int]]:
-    faults: Dict[str, Set[int]] = {k: set() for k in KINDS}
+def parse(spec: str) -> Dict[str, Set]:
+    faults: Dict[str, Set] = {k: set() for k in KINDS + NAMED}
     for item in filter(None, (s.strip() for s in spec.split(","))):
-        kind, _, step = item.rpartition(":")
-        if kind not in faults or not step.isdigit():
-            raise UserError(f"{VARIABLE}: bad fault {item!r} (expected one of {', '.join(k + ':N' for k in KINDS)})")
-        faults[kind].add(int(step))
+        kind, _, at = item.rpartition(":")
+        if not (kind in KINDS and at.isdigit() or kind in NAMED and at):
+            expected = [k + ":N" for k in KINDS] + [k + ":NAME" for k in NAMED]
+            raise UserError(f"{VARIABLE}: bad fault {item!r} (expected one of {', '.join(expected)})")
+        faults[kind].add(int(at) if kind in KINDS else at)
     return faults
 
 
 def _kill() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def export_progress() -> Optional[Callable[[str], None]]:
+    """The progress callback an export writer calls after each file: kills at ``kill@export:FILE``."""
+    spec = os.environ.get(VARIABLE)
+    points = parse(spec)["kill@export"] if spec else set()
+    return (lambda label: _kill() if label in points else None) if points else None
 
 
 def install(trainer) -> None:
