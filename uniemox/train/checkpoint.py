@@ -12,7 +12,6 @@ Layout under ``<run_dir>/checkpoints``::
 A process killed mid-save leaves a directory without COMPLETE: resuming skips it, and the
 next successful save purges it. Only the newest ``keep`` complete checkpoints are kept.
 """
-import errno
 import logging
 import os
 import random
@@ -26,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from uniemox.errors import UserError
-from uniemox.io import atomic_save, atomic_write_json, atomic_write_text, read_json
+from uniemox.io import atomic_save, atomic_write_json, atomic_write_text, describe_write_error, read_json
 from uniemox.safeload import check_checkpoint_dir, load_restricted
 
 from .elastic import UNIVERSAL, convert_to_universal
@@ -78,23 +77,6 @@ def find_resume(root: str, resume: Optional[str]) -> Optional[str]:
     if not os.path.isfile(os.path.join(path, MARKER)):
         raise UserError(f"--resume {resume}: not a complete checkpoint (no {MARKER} marker)")
     return path
-
-
-def describe_write_error(exc: Exception, where: str) -> str:
-    """Why a write failed, in words: a full disk, a read-only file system, no permission."""
-    code = getattr(exc, "errno", None)
-    full = code in (errno.ENOSPC, errno.EDQUOT) or "unexpected pos" in str(exc) or "No space left" in str(exc)
-    try:
-        full = full or shutil.disk_usage(where).free < 1 << 20
-    except OSError:
-        pass
-    if full:
-        return f"the disk is full ({where})"
-    if code == errno.EROFS:
-        return f"{where} is on a read-only file system"
-    if code in (errno.EACCES, errno.EPERM):
-        return f"no permission to write in {where}"
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
 def read_marker(tag_path: str) -> Dict[str, Any]:
