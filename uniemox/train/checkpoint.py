@@ -65,13 +65,25 @@ def complete_tags(root: str) -> List[str]:
     return sorted(tags)
 
 
+def _inside(root: str, tag: str) -> bool:
+    """Is the checkpoint ``root/tag`` really in ``root`` (not a link to a folder elsewhere, which
+    every later ``--resume auto`` would go back to)? Skipped with a line when it is not."""
+    real, home = os.path.realpath(os.path.join(root, tag)), os.path.realpath(root)
+    if os.path.dirname(real) == home:
+        return True
+    logger.warning("--resume auto skips %s: a link to %s, outside %s (pass --resume PATH to use it)",
+                   os.path.join(root, tag), real, home)
+    return False
+
+
 def find_resume(root: str, resume: Optional[str]) -> Optional[str]:
     """The checkpoint directory to resume from: ``auto``, the newest complete one under ``root``
-    (None on a fresh run); a path, that checkpoint (refused unless complete)."""
+    whose real path is there too (None on a fresh run); a path, that checkpoint (refused unless
+    complete)."""
     if not resume:
         return None
     if resume == "auto":
-        tags = complete_tags(root)
+        tags = [t for t in complete_tags(root) if _inside(root, t)]
         return os.path.join(root, tags[-1]) if tags else None
     path = resume.rstrip("/")
     if not os.path.isfile(os.path.join(path, MARKER)):
