@@ -15,7 +15,6 @@ from uniemox.config.clip_teacher import TeacherTrainConfig
 from uniemox.config.pretrain import PretrainConfig
 from uniemox.errors import UserError
 from uniemox.models import create_encoder, get_arch
-from uniemox.train.run import check_run_dir
 
 from subprocesses import child_env
 
@@ -77,6 +76,8 @@ def test_betas_outside_zero_one_are_refused_in_every_task(cls, betas):
 
 
 def test_the_entry_points_say_it_in_one_line(tmp_path):
+    from uniemox.train.run import check_run_dir
+
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(f"bomb:\n{BOMB}model:\n  arch:\n    depth: *l9\n")
     _one_line_error(_entry("pretrain.py", "--config", bomb, "--run-dir", tmp_path / "run"), "expands to more than")
