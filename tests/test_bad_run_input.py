@@ -19,8 +19,9 @@ from uniemox.models import create_encoder, get_arch
 from subprocesses import child_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# nine levels of nine: 9**9 (387 million) values from a few hundred bytes
-BOMB = "".join(f"  - &l{i} [{', '.join([f'*l{i - 1}' if i else '1'] * 9)}]\n" for i in range(10))
+# ten levels of nine: 9**10 (3.5 billion) values from 400 bytes, all of them under model.arch
+BOMB = "[" + ", ".join(f"&l{i} [{', '.join([f'*l{i - 1}' if i else '1'] * 9)}]" for i in range(10)) + "]"
+BOMB_FILE = f"model:\n  name: uniemox_vit_tiny_patch16\n  arch:\n    depth: {BOMB}\n"
 
 
 def _entry(script, *args):
@@ -54,7 +55,7 @@ def test_every_architecture_field_is_typed_and_ranged(override, message):
 
 def test_yaml_that_expands_beyond_the_limit_is_refused_before_it_is_built(tmp_path):
     bomb = tmp_path / "bomb.yaml"
-    bomb.write_text(f"bomb:\n{BOMB}model:\n  arch:\n    depth: *l9\n")
+    bomb.write_text(BOMB_FILE)
     t0 = time.perf_counter()
     with pytest.raises(UserError, match="bomb.yaml: refused: expands to more than 100,000 values"):
         read_yaml(str(bomb))
@@ -64,7 +65,7 @@ def test_yaml_that_expands_beyond_the_limit_is_refused_before_it_is_built(tmp_pa
     with pytest.raises(UserError, match="loop.yaml: refused: it holds an alias that refers to itself"):
         read_yaml(str(looped))
     with pytest.raises(UserError, match="override model.arch: refused: expands to more"):
-        resolve_config(PretrainConfig, overrides=["model.arch=[" + BOMB.replace("\n  - ", ", ").strip(" -\n") + "]"])
+        resolve_config(PretrainConfig, overrides=[f"model.arch={{depth: {BOMB}}}"])
 
 
 @pytest.mark.parametrize("cls", [PretrainConfig, FinetuneConfig, TeacherTrainConfig])
@@ -79,7 +80,7 @@ def test_the_entry_points_say_it_in_one_line(tmp_path):
     from uniemox.train.run import check_run_dir
 
     bomb = tmp_path / "bomb.yaml"
-    bomb.write_text(f"bomb:\n{BOMB}model:\n  arch:\n    depth: *l9\n")
+    bomb.write_text(BOMB_FILE)
     _one_line_error(_entry("pretrain.py", "--config", bomb, "--run-dir", tmp_path / "run"), "expands to more than")
     a_file = tmp_path / "notes.txt"
     a_file.write_text("not a folder")
