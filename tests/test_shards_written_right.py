@@ -245,6 +245,12 @@ def test_the_image_size_limit_can_be_set(tmp_path, monkeypatch):
     monkeypatch.setenv("UNIEMOX_MAX_IMAGE_PIXELS", "4000")
     with pytest.raises(OversizedImage, match="64x64 = 4,096 pixels, over the limit of 4,000"):
         decode_image(data)
+    out = tmp_path / "out"
+    (tmp_path / "src" / "calm").mkdir(parents=True)
+    os.replace(tmp_path / "a.png", tmp_path / "src" / "calm" / "a.png")
+    _image(tmp_path / "src" / "calm" / "b.png", 1, size=32)
+    assert make_shards([str(tmp_path / "src"), str(out), "--max-image-pixels", "5000", *QUIET]) == 0
+    assert load_manifest(str(out))["skipped"]["oversized_image"] == 0  # the flag raised the limit
     monkeypatch.setenv("UNIEMOX_MAX_IMAGE_PIXELS", "lots")
     with pytest.raises(UserError, match="UNIEMOX_MAX_IMAGE_PIXELS must be a positive number"):
         decode_image(data)

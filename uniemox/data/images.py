@@ -39,6 +39,14 @@ def max_image_pixels() -> int:
     return value
 
 
+def set_max_image_pixels(pixels: int) -> None:
+    """Raise (or lower) the limit for this process and every process it starts (the environment
+    is inherited: shard-writing and DataLoader workers)."""
+    if pixels < 1:
+        raise UserError(f"the image size limit must be a positive number of pixels, got {pixels}")
+    os.environ[MAX_PIXELS_ENV] = str(pixels)
+
+
 def check_declared_size(img: Image.Image) -> Image.Image:
     """``img`` (just opened, not yet decoded) when its declared width x height is within the
     limit; else `OversizedImage`."""
