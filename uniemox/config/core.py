@@ -207,13 +207,17 @@ def merge_dicts(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+class _SelfReference(Exception):
+    pass
+
+
 def _values(node: yaml.Node, sizes: Dict[int, int], open_nodes: set) -> int:
     """How many values ``node`` stands for once every alias is expanded (each node counted once:
     aliases share their node, so this costs the size of the file, not of its expansion)."""
     if id(node) in sizes:
         return sizes[id(node)]
     if id(node) in open_nodes:
-        raise UserError("it holds an alias that refers to itself")
+        raise _SelfReference()
     open_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         size = 1 + sum(_values(k, sizes, open_nodes) + _values(v, sizes, open_nodes) for k, v in node.value)
@@ -232,17 +236,12 @@ def load_yaml(stream, where: str) -> Any:
     loader = yaml.SafeLoader(stream)
     try:
         node = loader.get_single_node()
-        if node is None:
-            return None
-        try:
-            if _values(node, {}, set()) > MAX_YAML_VALUES:
-                raise UserError(f"expands to more than {MAX_YAML_VALUES:,} values (YAML aliases repeat what "
-                                "they name)")
-        except RecursionError:
-            raise UserError("it is nested too deeply") from None
-        except UserError as exc:
-            raise UserError(f"{where}: refused: {exc}") from None
-        return loader.construct_document(node)
+        if node is not None and _values(node, {}, set()) > MAX_YAML_VALUES:
+            raise UserError(f"{where}: refused: expands to more than {MAX_YAML_VALUES:,} values (YAML aliases "
+                            "repeat what they name)")
+        return None if node is None else loader.construct_document(node)
+    except _SelfReference:
+        raise UserError(f"{where}: refused: it holds an alias that refers to itself") from None
     except RecursionError:
         raise UserError(f"{where}: refused: it is nested too deeply") from None
     finally:
