@@ -19,6 +19,7 @@ import sys
 
 from uniemox.data.catalog import FORMAT_HELP, FORMATS, open_source
 from uniemox.data.detector import DETECTORS
+from uniemox.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, set_max_image_pixels
 from uniemox.data.sample import write_sample_dataset
 from uniemox.data.splits import PRESETS
 from uniemox.data.writer import write_shards
@@ -45,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     p.add_argument("--max-side", type=int, default=256,
                    help="resize so the short side is this (only when longer); 0 keeps originals")
+    p.add_argument("--max-image-pixels", type=int, default=None,
+                   help=f"images declaring more pixels are skipped and counted as oversized_image, before "
+                        f"decoding (default: ${MAX_PIXELS_ENV} or {DEFAULT_MAX_PIXELS:,})")
     p.add_argument("--detector", default="mediapipe", choices=DETECTORS)
     p.add_argument("--detector-weights", default=None, help="weights file of the torchvision detector")
     p.add_argument("--workers", type=int, default=None, help="worker processes (0: none; default: cores)")
@@ -65,6 +69,8 @@ def _ratios(text):
 
 
 def run(args: argparse.Namespace) -> dict:
+    if args.max_image_pixels is not None:
+        set_max_image_pixels(args.max_image_pixels)
     if args.sample:
         write_sample_dataset(args.source, args.sample_per_class)
         args.dataset = args.dataset or "emo8"

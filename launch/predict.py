@@ -77,6 +77,8 @@ def run(args) -> None:
         raise UserError("give image files/folders, or --eval SHARDS (one of the two)")
     if args.top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     torch.manual_seed(0)  # the same output for the same input, also with a random test teacher
     device = torch.device(args.device)
     if not args.eval:

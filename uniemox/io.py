@@ -1,7 +1,9 @@
 """Files written whole or not at all: a temp file beside the target, flushed and fsynced, then
 renamed over it (atomic on POSIX). A reader, or a run killed mid-write, never sees half a file;
 the record it replaces stays intact until the new one is complete. The one writer of the project,
-and its one JSON reader (a missing or damaged file is a UserError naming it)."""
+and its one JSON reader (a missing or damaged file is a UserError naming it); `describe_write_error`
+says in words why a write failed."""
+import errno
 import json
 import os
 import shutil
@@ -101,3 +103,20 @@ def replace_dir(tmp_dir: PathLike, out_dir: PathLike, between: Optional[Callable
         os.replace(tmp_dir, out_dir)
         fsync_path(out_dir.parent)
     return out_dir
+
+
+def describe_write_error(exc: Exception, where: str) -> str:
+    """Why a write failed, in words: a full disk, a read-only file system, no permission."""
+    code = getattr(exc, "errno", None)
+    full = code in (errno.ENOSPC, errno.EDQUOT) or "unexpected pos" in str(exc) or "No space left" in str(exc)
+    try:
+        full = full or shutil.disk_usage(where).free < 1 << 20
+    except OSError:
+        pass
+    if full:
+        return f"the disk is full ({where})"
+    if code == errno.EROFS:
+        return f"{where} is on a read-only file system"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"no permission to write in {where}"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"

@@ -9,7 +9,8 @@ loader that could execute code sees it.
 
 DeepSpeed's own loaders (``load_checkpoint``, ``zero_to_fp32``) unpickle without restriction:
 ``check_checkpoint_dir`` passes every file of a checkpoint through the restricted load first
-(memory-mapped, so checking costs no copy of the tensors).
+(memory-mapped, so checking costs no copy of the tensors), the files of linked folders included:
+what is checked is what the loader will open.
 """
 import importlib
 import os
@@ -71,8 +72,18 @@ def load_restricted(path: str, allowed: Iterable[str] = (), mmap: bool = False, 
 
 
 def checkpoint_files(tag_path: str) -> Tuple[str, ...]:
-    """Every .pt file under a checkpoint folder (a universal checkpoint has one folder per tensor)."""
-    return tuple(sorted(os.path.join(d, f) for d, _, files in os.walk(tag_path) for f in files if f.endswith(".pt")))
+    """Every .pt file under a checkpoint folder (a universal checkpoint has one folder per tensor),
+    through linked folders too: a loader follows links, so the check does (each real folder once,
+    so a link cycle ends)."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(tag_path, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        found += [os.path.join(folder, f) for f in files if f.endswith(".pt")]
+    return tuple(sorted(found))
 
 
 def check_checkpoint_dir(tag_path: str) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 from .core import bounded, choice
-from .sections import CheckpointConfig, LogConfig, OptimConfig, TrainConfig
+from .sections import CheckpointConfig, LogConfig, OptimConfig, TrainConfig, adam_betas
 
 
 @dataclass
@@ -53,7 +53,7 @@ class ClassifierOptimConfig(OptimConfig):
     name: str = choice("adamw", "lars")  # lars: MAE's linear probe
     min_lr: float = bounded(1.0e-6, lo=0.0)
     layer_decay: float = bounded(0.75, lo=0.0, hi=1.0, lo_open=True)  # layer-wise lr decay (1.0 off)
-    betas: Tuple[float, float] = (0.9, 0.999)
+    betas: Tuple[float, float] = adam_betas((0.9, 0.999))
     warmup_epochs: float = bounded(5.0, lo=0.0)
     epochs: float = bounded(100.0, lo=0.0, lo_open=True)
 

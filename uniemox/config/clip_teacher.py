@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from .core import bounded, choice
-from .sections import CheckpointConfig, DataConfig, LogConfig, OptimConfig, TrainConfig
+from .sections import CheckpointConfig, DataConfig, LogConfig, OptimConfig, TrainConfig, adam_betas
 
 
 @dataclass
@@ -29,7 +29,7 @@ class TeacherDataConfig(DataConfig):
 class ClipOptimConfig(OptimConfig):
     # CLIP's recipe: AdamW betas (0.9, 0.98), weight decay 0.2, warm-up then cosine.
     weight_decay: float = bounded(0.2, lo=0.0)
-    betas: Tuple[float, float] = (0.9, 0.98)
+    betas: Tuple[float, float] = adam_betas((0.9, 0.98))
     warmup_epochs: float = bounded(2.0, lo=0.0)
     epochs: float = bounded(32.0, lo=0.0, lo_open=True)
 

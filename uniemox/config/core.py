@@ -12,14 +12,19 @@ Precedence, the one rule of every entry point (``resolve_config``)::
 Sections merge key by key at every level; a value replaces a value.
 
 A field declares its allowed values beside its default: ``bounded(1, lo=1)``,
-``bounded(0.75, lo=0.0, hi=1.0, hi_open=True)``, ``choice("auto", "bf16", "fp32")``,
-``subset(["a"], "a", "b", "c")`` (a list of some of the options).
+``bounded(0.75, lo=0.0, hi=1.0, hi_open=True)`` (a tuple of numbers: each of them),
+``choice("auto", "bf16", "fp32")``, ``subset(["a"], "a", "b", "c")`` (a list of some of the options).
+
+YAML is read by `load_yaml`: what a file (or an override) expands to is bounded
+(`MAX_YAML_VALUES`): aliases repeat what they name, and a few hundred bytes of them can stand
+for billions of values.
 """
 import copy
 import dataclasses
 import difflib
 import math
 import re
+import reprlib
 import typing
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Type, TypeVar, Union
 
@@ -28,13 +33,22 @@ import yaml
 from uniemox.errors import UserError
 
 T = TypeVar("T")
+MAX_YAML_VALUES = 100_000  # a run config has a few hundred; a file of aliases can expand to billions
+_SHOW = reprlib.Repr()
+_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlevel = 80, 80, 3
+
+
+def show(value: Any) -> str:
+    """A value in an error message, cut short (it may be huge)."""
+    return _SHOW.repr(value)
 PRECEDENCE = ("defaults < recipe < --config FILE < section.key=value overrides "
               "(sections merge key by key; unknown keys, wrong types and out-of-range values are refused)")
 
 
 # -- declaring fields ------------------------------------------------------------------------------
 def bounded(default, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False):
-    """A numeric field with its allowed range (None: unbounded on that side)."""
+    """A numeric field (or a tuple of numbers) with its allowed range (None: unbounded on that
+    side); ``default`` may be ``dataclasses.MISSING`` for a field without one."""
     return dataclasses.field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)})
 
 
@@ -51,6 +65,10 @@ def subset(default: Sequence, *options):
 def _check_range(value, spec, key: str) -> None:
     lo, hi, lo_open, hi_open = spec
     if value is None:
+        return
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            _check_range(item, spec, key)
         return
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"config key {key!r}: must be a finite number, got {value!r}")
@@ -86,32 +104,32 @@ def _coerce(value: Any, tp, key: str) -> Any:
                 return _coerce(value, arg, key)
             except UserError:
                 continue
-        raise UserError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
+        raise UserError(f"config key {key!r}: expected {_type_name(tp)}, got {show(value)}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key {key!r}: expected a list, got {value!r}")
+            raise UserError(f"config key {key!r}: expected a list, got {show(value)}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
-                raise UserError(f"config key {key!r}: expected {len(args)} values, got {value!r}")
+                raise UserError(f"config key {key!r}: expected {len(args)} values, got {show(value)}")
             return tuple(_coerce(v, a, key) for v, a in zip(value, args))
         item = args[0] if args else Any
         return origin(_coerce(v, item, key) for v in value)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise UserError(f"config key {key!r}: expected a mapping, got {value!r}")
+            raise UserError(f"config key {key!r}: expected a mapping, got {show(value)}")
         return dict(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise UserError(f"config key {key!r}: expected a section (mapping), got {value!r}")
+            raise UserError(f"config key {key!r}: expected a section (mapping), got {show(value)}")
         return from_dict(tp, value, prefix=key + ".")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
         return float(value)
     if tp is bool and not isinstance(value, bool):
-        raise UserError(f"config key {key!r}: expected true/false, got {value!r}")
+        raise UserError(f"config key {key!r}: expected true/false, got {show(value)}")
     if isinstance(tp, type) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise UserError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r} "
+        raise UserError(f"config key {key!r}: expected {_type_name(tp)}, got {show(value)} "
                         f"({type(value).__name__})")
     return value
 
@@ -139,7 +157,7 @@ def from_dict(cls: Type[T], data: Dict[str, Any], prefix: str = "") -> T:
             _check_range(value, f.metadata["range"], prefix + name)
         if "choices" in f.metadata and value not in f.metadata["choices"]:
             raise UserError(f"config key {prefix + name!r}: must be one of "
-                            f"{', '.join(map(str, f.metadata['choices']))}, got {value!r}")
+                            f"{', '.join(map(str, f.metadata['choices']))}, got {show(value)}")
         for item in value if "subset" in f.metadata else ():
             if item not in f.metadata["subset"]:
                 raise UserError(f"config key {prefix + name!r}: each item must be one of "
@@ -165,7 +183,7 @@ def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str,
             raise UserError(f"override {item!r} is not of the form key=value (e.g. data.batch_size=64)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_yaml(raw, f"override {key.strip()}") if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         node = data
@@ -189,10 +207,51 @@ def merge_dicts(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+class _SelfReference(Exception):
+    pass
+
+
+def _values(node: yaml.Node, sizes: Dict[int, int], open_nodes: set) -> int:
+    """How many values ``node`` stands for once every alias is expanded (each node counted once:
+    aliases share their node, so this costs the size of the file, not of its expansion)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise _SelfReference()
+    open_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_values(k, sizes, open_nodes) + _values(v, sizes, open_nodes) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_values(item, sizes, open_nodes) for item in node.value)
+    else:
+        size = 1
+    open_nodes.discard(id(node))
+    sizes[id(node)] = min(size, MAX_YAML_VALUES + 1)
+    return sizes[id(node)]
+
+
+def load_yaml(stream, where: str) -> Any:
+    """``yaml.safe_load`` whose result is refused, before it is built, when it would expand to more
+    than MAX_YAML_VALUES values or refers to itself (a UserError naming ``where``)."""
+    loader = yaml.SafeLoader(stream)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _values(node, {}, set()) > MAX_YAML_VALUES:
+            raise UserError(f"{where}: refused: expands to more than {MAX_YAML_VALUES:,} values (YAML aliases "
+                            "repeat what they name)")
+        return None if node is None else loader.construct_document(node)
+    except _SelfReference:
+        raise UserError(f"{where}: refused: it holds an alias that refers to itself") from None
+    except RecursionError:
+        raise UserError(f"{where}: refused: it is nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str) -> Dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+            data = load_yaml(f, f"config file {path}") or {}
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
     except IsADirectoryError:

@@ -7,6 +7,11 @@ from typing import List, Optional, Tuple
 
 from .core import bounded, choice, subset
 
+def adam_betas(default: Tuple[float, float]):
+    """AdamW's (beta1, beta2), each in [0, 1) (a task's config changes the default with this too)."""
+    return bounded(default, lo=0.0, hi=1.0, hi_open=True)
+
+
 # torch.compile's modes ("default": torch.compile(mode=None)); train.compile_mode, benchmark.py step
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -29,7 +34,7 @@ class OptimConfig:
     lr: Optional[float] = bounded(None, lo=0.0)  # absolute lr; overrides blr
     min_lr: float = bounded(0.0, lo=0.0)
     weight_decay: float = bounded(0.05, lo=0.0)
-    betas: Tuple[float, float] = (0.9, 0.95)
+    betas: Tuple[float, float] = adam_betas((0.9, 0.95))
     warmup_steps: int = bounded(0, lo=0)      # > 0: overrides warmup_epochs
     warmup_epochs: float = bounded(40.0, lo=0.0)  # used when warmup_steps is 0 and the epoch size is known
     max_steps: int = bounded(0, lo=0)         # > 0: overrides epochs

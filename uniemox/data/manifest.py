@@ -2,11 +2,13 @@
 
 It records what was written (counts per class and per split, samples with a person box),
 from what (source, options) and with what (tool versions, detector), and a sha256 per
-shard, so users and tests can check a set with `verify_shards`.
+shard, so users and tests can check a set with `verify_shards`. A local shard that sits next to a
+manifest is read only when the manifest lists it with its size (`check_listed`): a shard cut short,
+replaced or left by a run that never finished is refused, not read.
 """
 import hashlib
 import os
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from ..errors import UserError
 from ..io import atomic_write_json, read_json
@@ -68,7 +70,31 @@ def shard_urls(root: str, splits: Iterable[str] = ("train",)) -> List[str]:
         if split not in manifest["splits"]:
             raise UserError(f"{root}: no split {split!r} (has {', '.join(manifest['splits'])})")
         urls += [os.path.join(root, s["file"]) for s in manifest["splits"][split]["shards"]]
-    return urls
+    return check_listed(urls, {root: manifest})
+
+
+def check_listed(paths: Sequence[str], manifests: Optional[Dict[str, Optional[Dict]]] = None) -> List[str]:
+    """``paths`` when every local shard that has a manifest beside it is listed there with the
+    size it has on disk (a stat, no reading); else one line naming the first that is not."""
+    manifests = {} if manifests is None else manifests
+    for path in paths:
+        if "://" in path or path.startswith("pipe:") or not os.path.isfile(path):
+            continue  # remote shards are checked by their reader; a missing one is reported by the caller
+        folder, name = os.path.split(path)
+        folder = folder or "."
+        if folder not in manifests:
+            manifests[folder] = load_manifest(folder) if os.path.isfile(os.path.join(folder, MANIFEST)) else None
+        if manifests[folder] is None:
+            continue  # shards without a manifest (written by another tool): read as they are
+        listed = {s["file"]: s for split in manifests[folder]["splits"].values() for s in split["shards"]}
+        if name not in listed:
+            raise UserError(f"{path}: not listed in {os.path.join(folder, MANIFEST)} (a shard set is read "
+                            "through its manifest; rerun make_shards if it did not finish)")
+        size = os.path.getsize(path)
+        if size != listed[name]["bytes"]:
+            raise UserError(f"{path}: {size} bytes, its manifest says {listed[name]['bytes']} (cut short or "
+                            "replaced since it was written; rerun make_shards)")
+    return list(paths)
 
 
 def verify_shards(root: str) -> List[str]:

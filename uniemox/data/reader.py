@@ -37,7 +37,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import UserError
-from .images import decode_image
+from .images import decode_image, skip_kind
 from .prompts import build_prompt
 from .manifest import MANIFEST
 from .remote import parent, read_text
@@ -77,7 +77,7 @@ def expand_urls(urls: Union[str, Sequence[str]]) -> List[str]:
     """Shard paths from: a brace pattern ("d/train-{000000..000009}.tar"), several joined by
     "::", a list of those, or a shard-set folder (its manifest's TRAIN split only: pretraining
     must never read a test split; use `shard_urls(folder, splits)` for others)."""
-    from .manifest import MANIFEST, shard_urls
+    from .manifest import MANIFEST, check_listed, shard_urls
 
     items = [urls] if isinstance(urls, str) else list(urls)
     out = []
@@ -88,7 +88,7 @@ def expand_urls(urls: Union[str, Sequence[str]]) -> List[str]:
                     raise UserError(f"{part} is a folder without {MANIFEST}: pass shard files")
                 out += shard_urls(part, ("train",))
             else:
-                out += list(braceexpand(part))
+                out += check_listed(list(braceexpand(part)))
     if not out:
         raise UserError("no shard given")
     for url in out:
@@ -181,8 +181,9 @@ class ShardStream(IterableDataset):
         try:
             img = decode_image(sample[image_key])
         except Exception as e:
-            counters["corrupt_image"] += 1
-            warn(f"sample {key}: corrupt image ({type(e).__name__}: {e})")
+            kind = skip_kind(e)
+            counters[kind] += 1
+            warn(f"sample {key}: {kind.replace('_', ' ')} ({type(e).__name__}: {e})")
             return None
         out = {"label": label, "key": key, "epoch": epoch}
         if self.cfg.mode == "pretrain":

@@ -49,17 +49,25 @@ class SourceSet:
 
 
 def make_key(text: str) -> str:
-    """A WebDataset-safe key (no dots, no slashes): the sample's relative path, sanitised."""
+    """A WebDataset-safe key (no dots: WebDataset cuts a member name at its first dot; no slashes):
+    the sample's relative path, sanitised. Different names can give one key (dropped characters,
+    dots and spaces made ``_``): `assign_unique_keys` settles that."""
     return re.sub(r"[^A-Za-z0-9_-]+", "_", os.path.splitext(text)[0]).strip("_") or "sample"
 
 
 def assign_unique_keys(records: List[Record]) -> None:
-    seen: Dict[str, int] = {}
+    """Every record its own key, in record order: a key already taken (compared without case, so no
+    file system or tool that ignores case can merge two) gets the first free ``_1``, ``_2`` ...
+    suffix, checked against every key given so far, including those that came with a suffix."""
+    taken = set()
     for rec in records:
         base = rec.key or make_key(rec.path)
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        rec.key = base if n == 0 else f"{base}_{n}"
+        key, n = base, 0
+        while key.casefold() in taken:
+            n += 1
+            key = f"{base}_{n}"
+        taken.add(key.casefold())
+        rec.key = key
 
 
 def check_box(box, where: str) -> Optional[List[float]]:

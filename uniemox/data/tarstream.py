@@ -21,7 +21,7 @@ from .sample_meta import SKIP_KINDS as META_SKIP_KINDS
 logger = logging.getLogger("uniemox.data")
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-SKIP_KINDS = ("corrupt_image", "incomplete_sample", "truncated_shard", "unreadable_shard") + META_SKIP_KINDS
+SKIP_KINDS = ("corrupt_image", "oversized_image", "incomplete_sample", "truncated_shard", "unreadable_shard") + META_SKIP_KINDS
 
 
 class RateLimitedLog:

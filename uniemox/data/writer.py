@@ -7,6 +7,7 @@ box_source, size and, where the dataset has them, its own ``annotations`` (EMOTI
 valence/arousal/dominance, Emotion6's ground truth). Decoding, resizing and person detection run in worker processes
 (spawned: mediapipe's threads do not survive fork); the main process only writes.
 """
+import errno
 import io
 import multiprocessing as mp
 import os
@@ -24,11 +25,13 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import UserError
+from ..io import describe_write_error
 from .detector import build_detector
-from .images import to_rgb
+from .images import check_declared_size, skip_kind, to_rgb
 from .sample_meta import check_meta
-from .manifest import FORMAT, MANIFEST, VERSION, describe_shards, write_manifest
-from .sources import Record, SourceSet
+from .manifest import FORMAT, VERSION, describe_shards, write_manifest
+from .shard_output import SplitShardWriter, finish_output, prepare_output, remove_partials
+from .sources import Record, SourceSet, assign_unique_keys
 from .splits import SPLITS
 
 JPEG_QUALITY = 95
@@ -44,7 +47,7 @@ def prepare_image(path: str, max_side: int) -> Tuple[bytes, Image.Image, float]:
     """
     with open(path, "rb") as f:
         raw = f.read()
-    img = Image.open(io.BytesIO(raw))
+    img = check_declared_size(Image.open(io.BytesIO(raw)))  # judged before any pixel is decoded
     fmt = img.format
     w, h = img.size
     scale = 1.0
@@ -86,8 +89,8 @@ def process_record(rec: Record, max_side: int) -> Dict:
     """Decode, resize, find the person box; an unreadable image gives {'error': ...}."""
     try:
         data, img, scale = prepare_image(rec.path, max_side)
-    except Exception as e:  # unreadable images are skipped and counted, never fatal
-        return {"key": rec.key, "error": f"{rec.path}: {type(e).__name__}: {e}"}
+    except Exception as e:  # unreadable and oversized images are skipped and counted, never fatal
+        return {"key": rec.key, "error": f"{rec.path}: {type(e).__name__}: {e}", "kind": skip_kind(e)}
     score = None
     if rec.box_from_annotation:
         box, source = _scale_box(rec.person_box, scale, img.size), "annotation"
@@ -114,68 +117,99 @@ def _results(records: List[Record], max_side: int, detector: str, weights: Optio
         return
     # ProcessPoolExecutor, not Pool: a worker that dies raises BrokenProcessPool instead of hanging
     chunk = max(1, min(16, len(args) // (4 * workers)))
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(detector, weights)) as pool:
-        try:
-            yield from pool.map(_star, args, chunksize=chunk)
-        except BrokenProcessPool as e:
-            raise UserError(f"a shard-writing worker process died ({e}); try --workers 0") from None
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(detector, weights))
+    try:
+        yield from pool.map(_star, args, chunksize=chunk)
+    except BrokenProcessPool as e:
+        raise UserError(f"a shard-writing worker process died ({e}); try --workers 0") from None
+    finally:  # a failed write stops here too: the images not yet processed are dropped, not awaited
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _star(args: Tuple[Record, int]) -> Dict:
     return process_record(*args)
 
 
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+
+
 def write_shards(source: SourceSet, out_dir: str, shard_size: int = 1000, max_side: int = 256,
                  detector: str = "mediapipe", detector_weights: Optional[str] = None,
                  num_workers: Optional[int] = None, progress: bool = True) -> Dict:
-    """Write `source` to OUT/{split}-NNNNNN.tar and OUT/manifest.json; returns the manifest."""
+    """Write `source` to OUT/{split}-NNNNNN.tar and OUT/manifest.json; returns the manifest.
+    A rerun into the folder of a run that stopped before its manifest writes the set again
+    (shard_output.py); a full disk ends in one line, with no manifest."""
     if shard_size < 1:
         raise UserError(f"--shard-size must be >= 1, got {shard_size}")
     if max_side < 0:
         raise UserError(f"--max-side must be >= 0, got {max_side}")
-    if os.path.exists(os.path.join(out_dir, MANIFEST)) or \
-            (os.path.isdir(out_dir) and any(f.endswith(".tar") for f in os.listdir(out_dir))):
-        raise UserError(f"{out_dir} already holds shards: choose an empty output folder")
+    assign_unique_keys(source.records)  # whatever a source made of the names: one key per image
     needs_detector = any(not r.box_from_annotation for r in source.records)
     det = build_detector(detector if needs_detector else "none", detector_weights)  # fail here, not in a worker
     det_info = {"name": det.name, "version": det.version} if det else {"name": "none"}
     if det:
         det.close()
-    os.makedirs(out_dir, exist_ok=True)
+    command = {"source": source.source, "options": {"shard_size": shard_size, "max_side": max_side}}
+    try:
+        redone = prepare_output(out_dir, command)
+        if redone and progress:
+            print(f"{out_dir}: an earlier make_shards stopped before its manifest; writing the set again "
+                  f"({len(redone)} file(s) of it removed)", file=sys.stderr)
+        manifest = _write_all(source, out_dir, shard_size, max_side, det_info, detector_weights, num_workers,
+                              progress)
+        finish_output(out_dir)
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRORS:
+            raise
+        if os.path.isdir(out_dir):
+            remove_partials(out_dir)
+        raise UserError(f"cannot write shards to {out_dir}: {describe_write_error(exc, out_dir)}; no manifest "
+                        "was written (rerun the same command to write the set again)") from None
+    return manifest
+
+
+def _write_all(source: SourceSet, out_dir: str, shard_size: int, max_side: int, det_info: Dict,
+               detector_weights: Optional[str], num_workers: Optional[int], progress: bool) -> Dict:
     workers = min(os.cpu_count() or 1, 8) if num_workers is None else num_workers
     order = {s: i for i, s in enumerate(SPLITS)}
     records = sorted(source.records, key=lambda r: (order.get(r.split, 9), r.split, r.key))
 
-    writers: Dict[str, wds.ShardWriter] = {}
+    writers: Dict[str, SplitShardWriter] = {}
     count, boxed, box_sources = Counter(), Counter(), Counter()
     per_class = {s: Counter() for s in SPLITS}
     errors: List[str] = []
+    error_kinds: Counter = Counter()
     t0 = time.time()
     bar = tqdm(total=len(records), desc="writing shards", unit="img", disable=not progress, file=sys.stderr)
+    results = _results(records, max_side, det_info["name"], detector_weights, workers)
     try:
-        results = _results(records, max_side, det_info["name"], detector_weights, workers)
         for rec, res in zip(records, results):  # results come back in record order
             bar.update(1)
             if "error" in res:
                 errors.append(res["error"])
+                error_kinds[res["kind"]] += 1
                 continue
             meta = dict(res["meta"], dataset=source.dataset)
             problem = check_meta(meta, len(source.classes))
             if problem is not None:  # a sample the readers would skip is never written
                 raise UserError(f"{rec.path}: {problem}")
             if rec.split not in writers:
-                writers[rec.split] = wds.ShardWriter(os.path.join(out_dir, f"{rec.split}-%06d.tar"),
-                                                     maxcount=shard_size, maxsize=1e12, verbose=0, mtime=0.0)
+                writers[rec.split] = SplitShardWriter(out_dir, rec.split, shard_size)
             writers[rec.split].write({"__key__": rec.key, "jpg": res["jpg"], "json": meta})
             count[rec.split] += 1
             per_class[rec.split][rec.label_name] += 1
             boxed[rec.split] += meta["person_box"] is not None
             box_sources[meta["box_source"]] += 1
-    finally:
-        bar.close()
         for w in writers.values():
             w.close()
+    except BaseException:
+        for w in writers.values():
+            w.abandon()
+        raise
+    finally:
+        bar.close()
+        results.close()
     if not count:
         raise UserError(f"no readable image in {source.source['path']} ({len(errors)} unreadable, "
                         f"first: {errors[0] if errors else '-'})")
@@ -194,16 +228,18 @@ def write_shards(source: SourceSet, out_dir: str, shard_size: int = 1000, max_si
                  "python": sys.version.split()[0], "detector": det_info},
         "total": sum(count.values()), "with_person_box": sum(boxed.values()),
         "box_sources": dict(box_sources),
-        "skipped": {"unreadable": len(errors), "examples": errors[:10], **source.skipped},
+        "skipped": {"unreadable": error_kinds["corrupt_image"], "oversized_image": error_kinds["oversized_image"],
+                    "examples": errors[:10], **source.skipped},
         "splits": splits,
     }
     write_manifest(out_dir, manifest)
     if progress:
+        counted = {"unreadable": error_kinds["corrupt_image"], "oversized image": error_kinds["oversized_image"],
+                   **{reason.replace("_", " "): n for reason, n in source.skipped.items()}}
         print(f"wrote {manifest['total']} images in {sum(len(s['shards']) for s in splits.values())} shards to "
-              f"{out_dir} in {time.time() - t0:.1f}s: persons found {manifest['with_person_box']}, "
-              f"skipped {len(errors)} unreadable" +
-              "".join(f", {n} {reason.replace('_', ' ')}" for reason, n in source.skipped.items()) + "; " +
+              f"{out_dir} in {time.time() - t0:.1f}s: persons found {manifest['with_person_box']}, skipped " +
+              ", ".join(f"{n} {what}" for what, n in counted.items()) + "; " +
               ", ".join(f"{k} {v['count']}" for k, v in splits.items()), file=sys.stderr)
         for error in errors[:3]:
-            print(f"  unreadable: {error}", file=sys.stderr)
+            print(f"  skipped: {error}", file=sys.stderr)
     return manifest

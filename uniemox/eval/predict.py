@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from uniemox.data.images import to_rgb
+from uniemox.data.images import check_declared_size, to_rgb
 from uniemox.data.sources import IMAGE_EXTS
 from uniemox.data.transforms import EvalTransform, crop_person
 from uniemox.errors import UserError
@@ -67,7 +67,7 @@ def load_views(paths: Iterable[str], size: int, detector=None) -> Iterable[Image
     for path in paths:
         try:
             with Image.open(path) as f:
-                img = to_rgb(f)
+                img = to_rgb(check_declared_size(f))
         except Exception as e:  # reported per file, never fatal
             yield ImageViews(path, None, error=f"{type(e).__name__}: {e}")
             continue

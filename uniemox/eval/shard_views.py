@@ -11,7 +11,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-from uniemox.data.images import decode_image
+from uniemox.data.images import decode_image, skip_kind
 from uniemox.data.sample_meta import check_meta
 from uniemox.data.tarstream import IMAGE_KEYS, RateLimitedLog, iter_shards
 from uniemox.data.transforms import EvalTransform, crop_person
@@ -34,8 +34,8 @@ def iter_view_batches(urls: Sequence[str], image_size: int, batch_size: int,
         if problem is None:
             try:
                 img, label = decode_image(sample[image_key]), meta["label"]
-            except Exception as e:  # corrupt or missing image
-                problem = f"corrupt_image: {type(e).__name__}: {e}"
+            except Exception as e:  # corrupt, oversized or missing image
+                problem = f"{skip_kind(e)}: {type(e).__name__}: {e}"
         if problem is not None:
             kind, _, why = problem.partition(": ")
             counters[kind] += 1

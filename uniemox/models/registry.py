@@ -3,23 +3,27 @@
 One name serves the pretrainer (encoder + MAE decoder + fusion) and the encoder alone
 (fine-tuning): ``create_pretrainer("uniemox_vit_base_patch16")``, ``create_encoder(...)``.
 """
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass
 from typing import Dict, List
 
+from uniemox.config.core import bounded, from_dict
 from uniemox.errors import UserError
 
 
 @dataclass(frozen=True)
 class Arch:
-    embed_dim: int
-    depth: int
-    num_heads: int
-    patch_size: int = 16
-    img_size: int = 224
-    mlp_ratio: float = 4.0
-    decoder_embed_dim: int = 512
-    decoder_depth: int = 8
-    decoder_num_heads: int = 16
+    """Every field typed and ranged as a config field is (`get_arch` checks ``model.arch``
+    overrides against it, and that the sizes fit together); the upper bounds keep a typo from
+    building a model no machine can hold."""
+    embed_dim: int = bounded(MISSING, lo=1, hi=16384)
+    depth: int = bounded(MISSING, lo=1, hi=256)
+    num_heads: int = bounded(MISSING, lo=1, hi=1024)
+    patch_size: int = bounded(16, lo=1, hi=1024)
+    img_size: int = bounded(224, lo=1, hi=8192)
+    mlp_ratio: float = bounded(4.0, lo=0.0, hi=64.0, lo_open=True)
+    decoder_embed_dim: int = bounded(512, lo=1, hi=16384)
+    decoder_depth: int = bounded(8, lo=1, hi=256)
+    decoder_num_heads: int = bounded(16, lo=1, hi=1024)
 
     def encoder_kwargs(self) -> dict:
         return {k: v for k, v in asdict(self).items() if not k.startswith("decoder_")}
@@ -50,7 +54,18 @@ def get_arch(name: str, **overrides) -> Arch:
     if unknown:
         raise UserError(f"unknown architecture override(s) {sorted(unknown)} for {name}; "
                         f"valid: {sorted(asdict(arch))}")
-    return replace(arch, **overrides)
+    arch = from_dict(Arch, {**asdict(arch), **overrides}, prefix="model.arch.")  # types and ranges
+    problems = [f"img_size {arch.img_size} is not a multiple of patch_size {arch.patch_size}"
+                if arch.img_size % arch.patch_size else None]
+    for width, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
+        w, h = getattr(arch, width), getattr(arch, heads)
+        problems.append(f"{width} {w} is not a multiple of {heads} {h}" if w % h else None)
+        # 2-D sin-cos position embeddings: a quarter of the width per axis and function
+        problems.append(f"{width} {w} is not a multiple of 4 (2-D sin-cos position embeddings)" if w % 4 else None)
+    problems = [p for p in problems if p]
+    if problems:
+        raise UserError(f"model.arch of {name}: {'; '.join(problems)}")
+    return arch
 
 
 # The paper's sizes; the MAE decoder is 512 wide, 8 blocks, 16 heads. The small sizes, for

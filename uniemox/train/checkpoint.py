@@ -12,7 +12,6 @@ Layout under ``<run_dir>/checkpoints``::
 A process killed mid-save leaves a directory without COMPLETE: resuming skips it, and the
 next successful save purges it. Only the newest ``keep`` complete checkpoints are kept.
 """
-import errno
 import logging
 import os
 import random
@@ -26,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from uniemox.errors import UserError
-from uniemox.io import atomic_save, atomic_write_json, atomic_write_text, read_json
+from uniemox.io import atomic_save, atomic_write_json, atomic_write_text, describe_write_error, read_json
 from uniemox.safeload import check_checkpoint_dir, load_restricted
 
 from .elastic import UNIVERSAL, convert_to_universal
@@ -66,35 +65,30 @@ def complete_tags(root: str) -> List[str]:
     return sorted(tags)
 
 
+def _inside(root: str, tag: str) -> bool:
+    """Is the checkpoint ``root/tag`` really in ``root`` (not a link to a folder elsewhere, which
+    every later ``--resume auto`` would go back to)? Skipped with a line when it is not."""
+    real, home = os.path.realpath(os.path.join(root, tag)), os.path.realpath(root)
+    if os.path.dirname(real) == home:
+        return True
+    logger.warning("--resume auto skips %s: a link to %s, outside %s (pass --resume PATH to use it)",
+                   os.path.join(root, tag), real, home)
+    return False
+
+
 def find_resume(root: str, resume: Optional[str]) -> Optional[str]:
     """The checkpoint directory to resume from: ``auto``, the newest complete one under ``root``
-    (None on a fresh run); a path, that checkpoint (refused unless complete)."""
+    whose real path is there too (None on a fresh run); a path, that checkpoint (refused unless
+    complete)."""
     if not resume:
         return None
     if resume == "auto":
-        tags = complete_tags(root)
+        tags = [t for t in complete_tags(root) if _inside(root, t)]
         return os.path.join(root, tags[-1]) if tags else None
     path = resume.rstrip("/")
     if not os.path.isfile(os.path.join(path, MARKER)):
         raise UserError(f"--resume {resume}: not a complete checkpoint (no {MARKER} marker)")
     return path
-
-
-def describe_write_error(exc: Exception, where: str) -> str:
-    """Why a write failed, in words: a full disk, a read-only file system, no permission."""
-    code = getattr(exc, "errno", None)
-    full = code in (errno.ENOSPC, errno.EDQUOT) or "unexpected pos" in str(exc) or "No space left" in str(exc)
-    try:
-        full = full or shutil.disk_usage(where).free < 1 << 20
-    except OSError:
-        pass
-    if full:
-        return f"the disk is full ({where})"
-    if code == errno.EROFS:
-        return f"{where} is on a read-only file system"
-    if code in (errno.EACCES, errno.EPERM):
-        return f"no permission to write in {where}"
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
 def read_marker(tag_path: str) -> Dict[str, Any]:

@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 import torch
 
+from uniemox.errors import UserError
+
 from .engine import configure_cpu_threads, init_distributed, resolve_precision
 from .trackers import check_trackers
 
@@ -26,10 +28,22 @@ class Run(NamedTuple):
         return self.device.type == "cuda"
 
 
+def check_run_dir(path: str) -> None:
+    """A run directory is a folder, or can become one: a regular file in its place (or in the place
+    of a folder above it) is refused in one line, on every rank, before anything starts."""
+    here = os.path.abspath(path)
+    while not os.path.exists(here) and os.path.dirname(here) != here:
+        here = os.path.dirname(here)
+    if not os.path.isdir(here):
+        what = "is a file" if here == os.path.abspath(path) else f"is inside {here}, which is a file"
+        raise UserError(f"run directory {path} {what}, not a folder: choose another --run-dir / log.run_dir")
+
+
 def start_run(cfg) -> Run:
     """``cfg`` needs ``log.run_dir``, ``log.report_to``, ``data.num_workers``, ``train.precision`` and
     ``train.seed``."""
     check_trackers(cfg.log.report_to)  # a missing tracker library stops every rank before anything starts
+    check_run_dir(cfg.log.run_dir)
     dist_info = init_distributed()
     rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
     if rank == 0:
