@@ -37,7 +37,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import UserError
-from .images import decode_image
+from .images import decode_image, decode_image_tensor
 from .prompts import build_prompt
 from .manifest import MANIFEST
 from .remote import parent, read_text
@@ -47,7 +47,7 @@ from .tarstream import IMAGE_KEYS, RateLimitedLog, Retry, iter_pieces, seeded_sh
 from .transforms import EvalTransform, TwoViewTransform, ViewAugment
 
 MODES = ("pretrain", "train", "eval")
-ViewTransform = Callable[[Image.Image, random.Random], torch.Tensor]  # a train/eval mode view
+ViewTransform = Callable[[Image.Image, random.Random], torch.Tensor]  # a train/eval mode view (takes PIL)
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,9 @@ class ShardStream(IterableDataset):
         self.two_view = TwoViewTransform(cfg.image_size)
         self.single = view_transform or (ViewAugment(cfg.image_size) if cfg.mode == "train"
                                          else EvalTransform(cfg.image_size))
+        # the reader's own augmentations crop tensors; the evaluation view and a caller's transform take PIL
+        self.decode = (decode_image_tensor if cfg.mode == "pretrain" or isinstance(self.single, ViewAugment)
+                       else decode_image)
 
     def pieces(self, epoch: int, worker: int) -> List[Piece]:
         return epoch_pieces(self.cfg, epoch, worker, self.carry)
@@ -179,7 +182,7 @@ class ShardStream(IterableDataset):
             return None
         label = meta["label"]
         try:
-            img = decode_image(sample[image_key])
+            img = self.decode(sample[image_key])
         except Exception as e:
             counters["corrupt_image"] += 1
             warn(f"sample {key}: corrupt image ({type(e).__name__}: {e})")

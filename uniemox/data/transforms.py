@@ -4,6 +4,14 @@ scene view: RandomResizedCrop(S, scale=(0.2, 1.0), ratio=(3/4, 4/3), bicubic), h
 flip with p=0.5, ImageNet mean/std. person view: the crop of person_box, then the same
 augmentation with its own draws; the whole image when the box is null.
 
+The reader's views are cut from a uint8 tensor (`images.decode_image_tensor`): the crop is a
+view of the decoded pixels (the person crop and the scene crop share one decode), and the
+crop-resize is torch's vectorised uint8 bicubic kernel with antialiasing (`resized_crop`), the
+filter of Pillow's BICUBIC (a = -0.5, widened by the scale when reducing) at about a third of its
+time. Its pixels differ from Pillow's ``resize(box=...)`` by at most a few levels, at the crop's
+edges (torch stops the filter at the crop's border, Pillow reads on into the rest of the image),
+and equal it to within one level inside (docs/data.md, "Augmentation"). PIL images are taken too.
+
 Every view leaves the reader's workers as uint8 (pretraining's two views, fine-tuning's
 augmented view, the evaluation view): a quarter of float32's bytes through the workers' shared
 memory, the pinned copy and the host-to-device copy. `model_input` normalises them on the
@@ -16,10 +24,11 @@ resumed run see exactly the batches of an uninterrupted one.
 import functools
 import math
 import random
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -98,17 +107,46 @@ def random_resized_crop_box(width: int, height: int, rng: random.Random,
     return left, top, left + w, top + h
 
 
-def crop_person(img: Image.Image, box: Optional[Sequence[float]]) -> Image.Image:
-    """The person crop (box in pixels, rounded outwards and clipped); the image itself when
-    the box is null or degenerate."""
+Pixels = Union[Image.Image, torch.Tensor]  # a PIL image, or [3, H, W] uint8
+
+
+def person_box_pixels(width: int, height: int,
+                      box: Optional[Sequence[float]]) -> Optional[Tuple[int, int, int, int]]:
+    """The person box in whole pixels (rounded outwards and clipped), or None when the box is
+    null or degenerate (the person view is then the whole image)."""
     if box is None:
-        return img
-    w, h = img.size
+        return None
     x0, y0 = max(0, int(math.floor(box[0]))), max(0, int(math.floor(box[1])))
-    x1, y1 = min(w, int(math.ceil(box[2]))), min(h, int(math.ceil(box[3])))
+    x1, y1 = min(width, int(math.ceil(box[2]))), min(height, int(math.ceil(box[3])))
     if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    return x0, y0, x1, y1
+
+
+def crop_person(img: Pixels, box: Optional[Sequence[float]]) -> Pixels:
+    """The person crop (`person_box_pixels`); the image itself when there is none. A tensor's crop
+    is a view of its pixels, not a copy."""
+    tensor = isinstance(img, torch.Tensor)
+    crop = person_box_pixels(*((img.shape[-1], img.shape[-2]) if tensor else img.size), box)
+    if crop is None:
         return img
-    return img.crop((x0, y0, x1, y1))
+    x0, y0, x1, y1 = crop
+    return img[:, y0:y1, x0:x1] if tensor else img.crop(crop)
+
+
+def image_tensor(img: Pixels) -> torch.Tensor:
+    """[3, H, W] uint8 of an RGB PIL image (H x W x 3 in memory), or the tensor itself."""
+    if isinstance(img, torch.Tensor):
+        return img
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def resized_crop(img: torch.Tensor, box: Tuple[int, int, int, int], size: int) -> torch.Tensor:
+    """The ``box`` (left, top, right, bottom) of ``img`` [3, H, W] uint8, resized to S x S by
+    bicubic interpolation with antialiasing, rounded and clipped to uint8 by the kernel itself."""
+    left, top, right, bottom = box
+    crop = img[None, :, top:bottom, left:right]
+    return F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0]
 
 
 class ViewAugment:
@@ -119,12 +157,13 @@ class ViewAugment:
                  ratio: Tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5):
         self.size, self.scale, self.ratio, self.flip_p = size, scale, ratio, flip_p
 
-    def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
-        box = random_resized_crop_box(img.width, img.height, rng, self.scale, self.ratio)
-        out = img.resize((self.size, self.size), Image.BICUBIC, box=box)  # crop + resize in one pass
+    def __call__(self, img: Pixels, rng: random.Random) -> torch.Tensor:
+        img = image_tensor(img)
+        box = random_resized_crop_box(img.shape[-1], img.shape[-2], rng, self.scale, self.ratio)
+        out = resized_crop(img, box, self.size)
         if rng.random() < self.flip_p:
-            out = out.transpose(Image.FLIP_LEFT_RIGHT)
-        return to_uint8_tensor(out)
+            out = out.flip(-1)
+        return out
 
 
 class TwoViewTransform:
@@ -133,12 +172,13 @@ class TwoViewTransform:
     def __init__(self, size: int = 224, scale: Tuple[float, float] = (0.2, 1.0)):
         self.augment = ViewAugment(size, scale)
 
-    def scene(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
+    def scene(self, img: Pixels, rng: random.Random) -> torch.Tensor:
         """The scene view alone; its draws come first, so it equals the pair's scene view."""
         return self.augment(img, rng)
 
-    def __call__(self, img: Image.Image, person_box: Optional[Sequence[float]],
+    def __call__(self, img: Pixels, person_box: Optional[Sequence[float]],
                  rng: random.Random) -> Tuple[torch.Tensor, torch.Tensor]:
+        img = image_tensor(img)  # one conversion for both crops
         scene = self.scene(img, rng)
         person = self.augment(crop_person(img, person_box), rng)
         return scene, person
