@@ -1,18 +1,28 @@
-"""``launch/benchmark.py loader``: the data loader's own ceiling, no model.
+"""``launch/benchmark.py loader``: the data loader's own ceiling, no model, against a plain pipeline.
 
 Decoded two-view samples/s (JPEG decode, person crop, both views' augmentation, prompt,
-collation) from real shards through the pretraining reader with N workers, for each N of
-``--workers`` (the reader resampled, so any number of shards works). Compare with the step
-benchmark's samples/s of ``ours`` on the GPU: where the loader's figure is lower, the data
-cannot keep up and the trainer needs more workers (or cores, or smaller stored images).
+collation) from real shards through the pretraining reader (``ours``) and through the plain
+webdataset + torchvision pipeline a user would write (``plain``, plain_loader.py), side by side
+in one run, for each worker count of ``--workers`` (both resampled, so any number of shards
+works). The headline is the ratio of the medians, per worker count; per core is samples/s over
+``max(1, workers)`` (0 workers: the reader runs in the main process, on one core).
 
-Each worker count starts a fresh loader; the first ``warmup + workers`` batches (worker
-start-up, and the one batch each worker readies first) are not timed. The DataLoader keeps up
-to 2 batches per worker queued, so time at least several times ``2 x workers`` batches.
+Per worker count, both loaders are started and warmed up (the first ``warmup + workers``
+batches: worker start-up, and the one batch each worker readies first, are not timed), then
+timed in interleaved slots of ``--batches`` batches, A B B A (``--rounds`` 2; timing.interleave,
+as ``benchmark.py step`` does), so that a drift of the machine (another process, the cache)
+falls on both alike: on a shared machine the absolute rates move, their ratio much less. Each
+variant's samples/s is the median over its slots, with the min and the max. With workers, the
+loader not being timed keeps at most 2 batches per worker queued: it refills them during the
+other's slot, so a slot should be several times ``2 x workers`` batches long.
+
+The main process runs with ``--threads`` torch threads (default 1: the reader in-process beside a
+trainer gets one core); DataLoader workers always run with one.
 """
 import argparse
 import os
 import platform
+import statistics
 import time
 from typing import Dict, List
 
@@ -20,8 +30,12 @@ from uniemox.errors import UserError
 
 from . import plot, results, timing
 from .data import resolve_shards
+from .plain_loader import PLAIN
 
-COLUMNS = ("workers", "batch", "image_size", "batches", "samples_per_s", "ms_per_batch", "shards", "skipped")
+VARIANTS = ("ours", "plain")
+COLUMNS = ("workers", "cores", "variant", "batch", "image_size", "batches", "slots", "threads", "samples_per_s",
+           "samples_per_s_min", "samples_per_s_max", "samples_per_s_per_core", "ms_per_batch", "ratio_vs_plain",
+           "shards", "skipped")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,45 +45,73 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", default="0,2,4,8", help="comma-separated worker counts")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batches", type=int, default=50, help="timed batches per worker count")
+    parser.add_argument("--batches", type=int, default=50, help="timed batches per slot")
+    parser.add_argument("--rounds", type=int, default=2, help="timed slots per variant, interleaved: A B B A "
+                                                              "(2), A B B A A B (3), ...")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches (plus one per worker)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     parser.add_argument("--out", default=None, help="results JSON (CSV and PNG beside it; default "
                                                     "benchmarks/results/loader-<host>-<utc time>.json)")
 
 
-def measure(urls: List[str], workers: int, batch: int, image_size: int, batches: int, warmup: int) -> Dict:
-    """One worker count: ``batches`` timed batches of the pretraining reader after ``warmup +
-    workers`` untimed ones (worker start-up excluded)."""
+def measure(urls: List[str], workers: int, batch: int, image_size: int, batches: int, warmup: int,
+            rounds: int = 2) -> List[Dict]:
+    """One worker count: a row per variant (ours first), each from its ``rounds`` interleaved slots
+    of ``batches`` batches, after ``warmup + workers`` untimed ones. Both read the same shards
+    through a shuffle buffer of the same size."""
     from uniemox.data import build_pretrain_loader
 
-    untimed = warmup + workers
-    loader = build_pretrain_loader(urls, batch, workers, image_size, shuffle_buffer=100, resampled=True,
-                                   epoch_batches=untimed + batches)
-    it = iter(loader)
-    for _ in range(untimed):
-        next(it)
-    samples, start = 0, time.perf_counter()
-    for _ in range(batches):
-        samples += next(it)["scene"].shape[0]
-    seconds = time.perf_counter() - start
-    return {"workers": workers, "batch": batch, "image_size": image_size, "batches": batches,
-            "samples_per_s": samples / seconds, "ms_per_batch": 1e3 * seconds / batches,
-            "shards": len(urls), "skipped": loader.skipped}
+    from .plain_loader import plain_batches
+
+    reader = build_pretrain_loader(urls, batch, workers, image_size, shuffle_buffer=100, resampled=True)
+    its = {"ours": iter(reader), "plain": plain_batches(urls, batch, workers, image_size, shuffle_buffer=100)}
+    slot_s: Dict[str, List[float]] = {v: [] for v in VARIANTS}
+    samples: Dict[str, int] = {}
+    for variant in VARIANTS:
+        for _ in range(warmup + workers):
+            next(its[variant])
+    for variant in timing.interleave(VARIANTS, rounds):
+        start, n = time.perf_counter(), 0
+        for _ in range(batches):
+            n += next(its[variant])["scene"].shape[0]
+        slot_s[variant].append(time.perf_counter() - start)
+        samples[variant] = n  # the same in every slot: full batches
+    skipped = reader.skipped
+    del its, reader  # their DataLoaders end their worker processes before the next worker count starts
+    rows = []
+    for variant in VARIANTS:
+        rates = [samples[variant] / s for s in slot_s[variant]]
+        median_s = statistics.median(slot_s[variant])
+        rows.append({"workers": workers, "cores": max(1, workers), "variant": variant, "batch": batch,
+                     "image_size": image_size, "batches": batches, "slots": len(rates),
+                     "samples_per_s": samples[variant] / median_s, "samples_per_s_min": min(rates),
+                     "samples_per_s_max": max(rates),
+                     "samples_per_s_per_core": samples[variant] / median_s / max(1, workers),
+                     "ms_per_batch": 1e3 * median_s / batches, "shards": len(urls),
+                     "skipped": skipped if variant == "ours" else None})
+    plain = rows[-1]["ms_per_batch"]
+    for row in rows:
+        row["ratio_vs_plain"] = plain / row["ms_per_batch"]  # the ratio of the median slots
+    return rows
 
 
 def run(args: argparse.Namespace) -> Dict:
+    import torch
+
     try:
         workers = [int(w) for w in str(args.workers).split(",") if w.strip()]
     except ValueError:
         raise UserError(f"--workers: expected comma-separated integers, got {args.workers!r}") from None
     if not workers or min(workers) < 0:
         raise UserError("--workers: one or more counts >= 0")
-    for flag, value in (("--batch", args.batch), ("--image-size", args.image_size), ("--batches", args.batches)):
+    for flag, value in (("--batch", args.batch), ("--image-size", args.image_size), ("--batches", args.batches),
+                        ("--rounds", args.rounds), ("--threads", args.threads)):
         if value < 1:
             raise UserError(f"{flag} must be positive")
     if args.warmup < 0:
         raise UserError("--warmup must not be negative")
     urls = resolve_shards(args.shards)
+    torch.set_num_threads(args.threads)
     host = {"name": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
     json_path, csv_path = results.results_paths("loader", host["name"], args.out)
@@ -77,16 +119,24 @@ def run(args: argparse.Namespace) -> Dict:
                "host": host, "versions": results.library_versions(),
                "run": {k: v for k, v in vars(args).items() if k not in ("func", "command")},
                "data": "default embedded SYNTHETIC sample set" if not args.shards else str(args.shards),
+               "variants": {"ours": "the pretraining reader (uniemox.data.build_pretrain_loader)",
+                            "plain": PLAIN},
+               "timing": f"interleaved slots {' '.join(timing.interleave(('A', 'B'), args.rounds))} of "
+                         f"{args.batches} batches (A = ours, B = plain); median, min, max over a variant's slots; "
+                         f"ratio = plain's median slot time / ours'; per core = samples/s / max(1, workers)",
                "rows": []}
     print(f"[bench] loader: {len(urls)} shard(s), batch {args.batch}, image {args.image_size}, "
-          f"{host['usable_cpus']} usable CPU(s)")
-    print(f"  {'workers':>8}{'samples/s':>12}{'ms/batch':>10}")
+          f"{host['usable_cpus']} usable CPU(s), {args.threads} torch thread(s), ours vs plain interleaved")
+    print(f"  {'workers':>8}{'variant':>8}{'samples/s':>11}{'min':>8}{'max':>8}{'per core':>10}{'x plain':>9}")
     for w in workers:
-        row = measure(urls, w, args.batch, args.image_size, args.batches, args.warmup)
-        payload["rows"].append(row)
+        rows = measure(urls, w, args.batch, args.image_size, args.batches, args.warmup, args.rounds)
+        payload["rows"] += rows
         results.write_results(json_path, csv_path, payload, COLUMNS)
-        print(f"  {w:>8}{row['samples_per_s']:>12.1f}{row['ms_per_batch']:>10.1f}")
+        for r in rows:
+            print(f"  {w:>8}{r['variant']:>8}{r['samples_per_s']:>11.1f}{r['samples_per_s_min']:>8.1f}"
+                  f"{r['samples_per_s_max']:>8.1f}{r['samples_per_s_per_core']:>10.1f}{r['ratio_vs_plain']:>8.2f}x")
     payload["plot"] = str(plot.plot_loader(payload, json_path.with_suffix(".png")))
     results.write_results(json_path, csv_path, payload, COLUMNS)
     print(f"[bench] results: {json_path}")
     return payload
+
