@@ -23,6 +23,7 @@ Each DataLoader worker runs one `ShardStream` (the loader around it is loader.py
 * damaged data (corrupt image, bad JSON, truncated tar) is skipped and counted
   (`loader.skipped`), logged at most every 10 s per worker.
 """
+import functools
 import json
 import os
 import random
@@ -37,6 +38,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import UserError
+from .device_views import view_draws
 from .images import decode_image, decode_image_tensor
 from .prompts import build_prompt
 from .manifest import MANIFEST
@@ -67,6 +69,7 @@ class ReaderConfig:
     person_view: bool = True  # pretrain mode: False leaves the person view out (teacher training)
     class_count: Optional[int] = None  # labels at or above it are skipped (None: not known)
     retry: Retry = Retry()  # remote shards: time-out and bounded retries (tarstream.Retry)
+    decode_device: Optional[str] = None  # pretrain mode: decode and cut the views there (device_views.py)
 
     @property
     def streams(self) -> int:
@@ -154,9 +157,11 @@ class ShardStream(IterableDataset):
         self.two_view = TwoViewTransform(cfg.image_size)
         self.single = view_transform or (ViewAugment(cfg.image_size) if cfg.mode == "train"
                                          else EvalTransform(cfg.image_size))
-        # the reader's own augmentations crop tensors; the evaluation view and a caller's transform take PIL
-        self.decode = (decode_image_tensor if cfg.mode == "pretrain" or isinstance(self.single, ViewAugment)
-                       else decode_image)
+        # the reader's own augmentations crop tensors; the evaluation view and a caller's transform take PIL;
+        # with a decode device, the workers read the header only and draw the crops
+        self.deferred = cfg.mode == "pretrain" and cfg.decode_device is not None
+        self.decode = (functools.partial(decode_image_tensor, defer=self.deferred)
+                       if cfg.mode == "pretrain" or isinstance(self.single, ViewAugment) else decode_image)
 
     def pieces(self, epoch: int, worker: int) -> List[Piece]:
         return epoch_pieces(self.cfg, epoch, worker, self.carry)
@@ -188,7 +193,13 @@ class ShardStream(IterableDataset):
             warn(f"sample {key}: corrupt image ({type(e).__name__}: {e})")
             return None
         out = {"label": label, "key": key, "epoch": epoch}
-        if self.cfg.mode == "pretrain":
+        if self.deferred:  # the views are cut after the batch is decoded (device_views.py)
+            box = meta.get("person_box")
+            scene, person = self.two_view.draw(img.width, img.height, box, rng, self.cfg.person_view)
+            out.update(encoded=img.data, text=text, has_person=box is not None, **view_draws("scene", scene))
+            if person is not None:
+                out.update(view_draws("person", person))
+        elif self.cfg.mode == "pretrain":
             box = meta.get("person_box")
             if self.cfg.person_view:
                 out["scene"], out["person"] = self.two_view(img, box, rng)

@@ -5,12 +5,12 @@ flip with p=0.5, ImageNet mean/std. person view: the crop of person_box, then th
 augmentation with its own draws; the whole image when the box is null.
 
 The reader's views are cut from a uint8 tensor (`images.decode_image_tensor`): the crop is a
-view of the decoded pixels (the person crop and the scene crop share one decode), and the
-crop-resize is torch's vectorised uint8 bicubic kernel with antialiasing (`resized_crop`), the
-filter of Pillow's BICUBIC (a = -0.5, widened by the scale when reducing) at about a third of its
-time. Its pixels differ from Pillow's ``resize(box=...)`` by at most a few levels, at the crop's
-edges (torch stops the filter at the crop's border, Pillow reads on into the rest of the image),
-and equal it to within one level inside (docs/data.md, "Augmentation"). PIL images are taken too.
+view of the decoded pixels (the person crop and the scene crop share one decode), resized by
+torch's vectorised uint8 bicubic kernel with antialiasing (`resized_crop`), the filter of
+Pillow's BICUBIC (a = -0.5, widened by the scale when reducing) at about a third of its time.
+The views are MAE's RandomResizedCrop (torchvision on a PIL image: the crop, then Pillow's
+bicubic resize) of the same box to within a level for all but a few pixels in 10^5 (docs/data.md,
+"Augmentation"). PIL images are taken too.
 
 Every view leaves the reader's workers as uint8 (pretraining's two views, fine-tuning's
 augmented view, the evaluation view): a quarter of float32's bytes through the workers' shared
@@ -123,15 +123,10 @@ def person_box_pixels(width: int, height: int,
     return x0, y0, x1, y1
 
 
-def crop_person(img: Pixels, box: Optional[Sequence[float]]) -> Pixels:
-    """The person crop (`person_box_pixels`); the image itself when there is none. A tensor's crop
-    is a view of its pixels, not a copy."""
-    tensor = isinstance(img, torch.Tensor)
-    crop = person_box_pixels(*((img.shape[-1], img.shape[-2]) if tensor else img.size), box)
-    if crop is None:
-        return img
-    x0, y0, x1, y1 = crop
-    return img[:, y0:y1, x0:x1] if tensor else img.crop(crop)
+def crop_person(img: Image.Image, box: Optional[Sequence[float]]) -> Image.Image:
+    """The person crop (`person_box_pixels`); the image itself when there is none."""
+    crop = person_box_pixels(img.width, img.height, box)
+    return img if crop is None else img.crop(crop)
 
 
 def image_tensor(img: Pixels) -> torch.Tensor:
@@ -141,47 +136,74 @@ def image_tensor(img: Pixels) -> torch.Tensor:
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
 
 
-def resized_crop(img: torch.Tensor, box: Tuple[int, int, int, int], size: int) -> torch.Tensor:
-    """The ``box`` (left, top, right, bottom) of ``img`` [3, H, W] uint8, resized to S x S by
-    bicubic interpolation with antialiasing, rounded and clipped to uint8 by the kernel itself."""
+Box = Tuple[int, int, int, int]  # left, top, right, bottom, in whole pixels
+ViewDraw = Tuple[Box, bool]  # a view's crop box in the image, and whether it is flipped
+
+
+def resized_crop(img: torch.Tensor, box: Box, size: int) -> torch.Tensor:
+    """The ``box`` of ``img`` [3, H, W] uint8, resized to S x S by bicubic interpolation with
+    antialiasing. On the CPU torch's uint8 kernel rounds and clips itself; elsewhere (a GPU has
+    no uint8 kernel) it runs in float32, rounded and clipped after."""
     left, top, right, bottom = box
     crop = img[None, :, top:bottom, left:right]
-    return F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0]
+    if img.device.type == "cpu":
+        return F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0]
+    out = F.interpolate(crop.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0]
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 class ViewAugment:
     """RandomResizedCrop + horizontal flip of one view, [3, S, S] uint8 (normalised on the
-    device by `model_input`)."""
+    device by `model_input`): `draw` takes the random draws from the image's size alone, `apply`
+    cuts the view, wherever the pixels are."""
 
     def __init__(self, size: int = 224, scale: Tuple[float, float] = (0.2, 1.0),
                  ratio: Tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5):
         self.size, self.scale, self.ratio, self.flip_p = size, scale, ratio, flip_p
 
+    def draw(self, width: int, height: int, rng: random.Random) -> ViewDraw:
+        box = random_resized_crop_box(width, height, rng, self.scale, self.ratio)
+        return box, rng.random() < self.flip_p
+
+    def apply(self, img: torch.Tensor, box: Box, flip: bool) -> torch.Tensor:
+        out = resized_crop(img, box, self.size)
+        return out.flip(-1) if flip else out
+
     def __call__(self, img: Pixels, rng: random.Random) -> torch.Tensor:
         img = image_tensor(img)
-        box = random_resized_crop_box(img.shape[-1], img.shape[-2], rng, self.scale, self.ratio)
-        out = resized_crop(img, box, self.size)
-        if rng.random() < self.flip_p:
-            out = out.flip(-1)
-        return out
+        return self.apply(img, *self.draw(img.shape[-1], img.shape[-2], rng))
 
 
 class TwoViewTransform:
-    """(scene view, person view) of one image, both [3, S, S] uint8 (see the module doc)."""
+    """(scene view, person view) of one image, both [3, S, S] uint8 (see the module doc).
+    `draw` gives both views' boxes in the whole image's pixels from its size alone (the person
+    view's crop is drawn inside the person box), so the pixels may be decoded later elsewhere
+    (the reader's ``decode_device``) and cut with the same draws."""
 
     def __init__(self, size: int = 224, scale: Tuple[float, float] = (0.2, 1.0)):
         self.augment = ViewAugment(size, scale)
 
+    def draw(self, width: int, height: int, person_box: Optional[Sequence[float]], rng: random.Random,
+             person: bool = True) -> Tuple[ViewDraw, Optional[ViewDraw]]:
+        """(scene draw, person draw); the scene's draws come first, so ``person=False`` leaves
+        the scene view as it is in the pair."""
+        scene = self.augment.draw(width, height, rng)
+        if not person:
+            return scene, None
+        x0, y0, x1, y1 = person_box_pixels(width, height, person_box) or (0, 0, width, height)
+        (left, top, right, bottom), flip = self.augment.draw(x1 - x0, y1 - y0, rng)
+        return scene, ((x0 + left, y0 + top, x0 + right, y0 + bottom), flip)
+
     def scene(self, img: Pixels, rng: random.Random) -> torch.Tensor:
-        """The scene view alone; its draws come first, so it equals the pair's scene view."""
-        return self.augment(img, rng)
+        """The scene view alone; it equals the pair's scene view."""
+        img = image_tensor(img)
+        return self.augment.apply(img, *self.draw(img.shape[-1], img.shape[-2], None, rng, person=False)[0])
 
     def __call__(self, img: Pixels, person_box: Optional[Sequence[float]],
                  rng: random.Random) -> Tuple[torch.Tensor, torch.Tensor]:
-        img = image_tensor(img)  # one conversion for both crops
-        scene = self.scene(img, rng)
-        person = self.augment(crop_person(img, person_box), rng)
-        return scene, person
+        img = image_tensor(img)  # one decode for both crops
+        scene, person = self.draw(img.shape[-1], img.shape[-2], person_box, rng)
+        return self.augment.apply(img, *scene), self.augment.apply(img, *person)
 
 
 class EvalTransform:
