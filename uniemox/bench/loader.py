@@ -24,7 +24,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from uniemox.errors import UserError
 
@@ -33,9 +33,9 @@ from .data import resolve_shards
 from .plain_loader import PLAIN
 
 VARIANTS = ("ours", "plain")
-COLUMNS = ("workers", "cores", "variant", "batch", "image_size", "batches", "slots", "threads", "samples_per_s",
-           "samples_per_s_min", "samples_per_s_max", "samples_per_s_per_core", "ms_per_batch", "ratio_vs_plain",
-           "shards", "skipped")
+COLUMNS = ("workers", "cores", "variant", "decode", "batch", "image_size", "batches", "slots", "threads",
+           "samples_per_s", "samples_per_s_min", "samples_per_s_max", "samples_per_s_per_core", "ms_per_batch",
+           "ratio_vs_plain", "shards", "skipped")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,20 +50,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                               "(2), A B B A A B (3), ...")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches (plus one per worker)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
+    parser.add_argument("--decode-device", default=None, choices=("cpu", "cuda"),
+                        help="ours decodes each batch and cuts its views on this device in the main process "
+                             "(cuda: nvJPEG), the workers only draw the crops; default: in the workers")
     parser.add_argument("--out", default=None, help="results JSON (CSV and PNG beside it; default "
                                                     "benchmarks/results/loader-<host>-<utc time>.json)")
 
 
 def measure(urls: List[str], workers: int, batch: int, image_size: int, batches: int, warmup: int,
-            rounds: int = 2) -> List[Dict]:
+            rounds: int = 2, decode_device: Optional[str] = None) -> List[Dict]:
     """One worker count: a row per variant (ours first), each from its ``rounds`` interleaved slots
     of ``batches`` batches, after ``warmup + workers`` untimed ones. Both read the same shards
     through a shuffle buffer of the same size."""
+    import torch
+
     from uniemox.data import build_pretrain_loader
 
     from .plain_loader import plain_batches
 
-    reader = build_pretrain_loader(urls, batch, workers, image_size, shuffle_buffer=100, resampled=True)
+    reader = build_pretrain_loader(urls, batch, workers, image_size, shuffle_buffer=100, resampled=True,
+                                   decode_device=decode_device)
+    # views made on the GPU are waited for at the end of each slot
+    sync = torch.cuda.synchronize if decode_device == "cuda" else (lambda: None)
     its = {"ours": iter(reader), "plain": plain_batches(urls, batch, workers, image_size, shuffle_buffer=100)}
     slot_s: Dict[str, List[float]] = {v: [] for v in VARIANTS}
     samples: Dict[str, int] = {}
@@ -74,6 +82,7 @@ def measure(urls: List[str], workers: int, batch: int, image_size: int, batches:
         start, n = time.perf_counter(), 0
         for _ in range(batches):
             n += next(its[variant])["scene"].shape[0]
+        sync()
         slot_s[variant].append(time.perf_counter() - start)
         samples[variant] = n  # the same in every slot: full batches
     skipped = reader.skipped
@@ -119,7 +128,8 @@ def run(args: argparse.Namespace) -> Dict:
                "host": host, "versions": results.library_versions(),
                "run": {k: v for k, v in vars(args).items() if k not in ("func", "command")},
                "data": "default embedded SYNTHETIC sample set" if not args.shards else str(args.shards),
-               "variants": {"ours": "the pretraining reader (uniemox.data.build_pretrain_loader)",
+               "variants": {"ours": "the pretraining reader (uniemox.data.build_pretrain_loader)" + (
+                                f", batches decoded and cut on {args.decode_device}" if args.decode_device else ""),
                             "plain": PLAIN},
                "timing": f"interleaved slots {' '.join(timing.interleave(('A', 'B'), args.rounds))} of "
                          f"{args.batches} batches (A = ours, B = plain); median, min, max over a variant's slots; "
@@ -129,7 +139,9 @@ def run(args: argparse.Namespace) -> Dict:
           f"{host['usable_cpus']} usable CPU(s), {args.threads} torch thread(s), ours vs plain interleaved")
     print(f"  {'workers':>8}{'variant':>8}{'samples/s':>11}{'min':>8}{'max':>8}{'per core':>10}{'x plain':>9}")
     for w in workers:
-        rows = measure(urls, w, args.batch, args.image_size, args.batches, args.warmup, args.rounds)
+        rows = [dict(row, threads=args.threads, decode=args.decode_device or "workers")
+                for row in measure(urls, w, args.batch, args.image_size, args.batches, args.warmup, args.rounds,
+                                   args.decode_device)]
         payload["rows"] += rows
         results.write_results(json_path, csv_path, payload, COLUMNS)
         for r in rows:

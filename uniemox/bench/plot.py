@@ -1,7 +1,7 @@
 """PNG plots of benchmark results (matplotlib, Agg backend: no display needed).
 
 ``plot_step``: samples/s of ``ours`` and ``reference`` side by side for every configuration,
-the speed-up written above each pair. ``plot_loader``: decoded samples/s per worker count, ours and plain, with the ratio.
+the speed-up written above each pair. ``plot_loader``: samples/s per worker count, ours and plain, with their ratio.
 """
 from pathlib import Path
 from typing import Dict, List

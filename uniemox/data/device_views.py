@@ -38,9 +38,11 @@ class DeviceViews:
                  for view in ("scene", "person") if f"{view}_crop" in batch}
         if len(keep) < len(images):
             batch = {name: _take(value, keep) for name, value in batch.items()}
+        size = self.augment.size
         for view, (boxes, flips) in draws.items():
-            batch[view] = torch.stack([self.augment.apply(images[i], tuple(boxes[i]), flips[i]) for i in keep]) \
-                if keep else torch.empty(0, 3, self.augment.size, self.augment.size, dtype=torch.uint8, device=self.device)
+            views = [self.augment.apply(images[i], tuple(boxes[i]), flips[i]) for i in keep]
+            batch[view] = torch.stack(views) if views else torch.empty(0, 3, size, size, dtype=torch.uint8,
+                                                                        device=self.device)
         return batch
 
 
