@@ -201,7 +201,9 @@ def test_loader_against_the_plain_pipeline(tmp_path, sample_shards):
             assert row["slots"] == 2 and row["shards"] == 4 and row["cores"] == max(1, row["workers"])
             assert row["samples_per_s_min"] <= row["samples_per_s"] <= row["samples_per_s_max"]
             assert row["samples_per_s"] == pytest.approx(4 * 3 / (row["ms_per_batch"] * 3 / 1e3))
+            assert row["samples_per_cpu_s"] > 0  # its own processes' CPU time, workers included
         assert ours["skipped"] == 0 and plain["skipped"] is None and plain["ratio_vs_plain"] == 1.0
+        assert ours["cpu_ratio_vs_plain"] == pytest.approx(ours["samples_per_cpu_s"] / plain["samples_per_cpu_s"])
         assert ours["ratio_vs_plain"] == pytest.approx(plain["ms_per_batch"] / ours["ms_per_batch"])
     assert out.with_suffix(".png").is_file()
 

@@ -16,6 +16,11 @@ variant's samples/s is the median over its slots, with the min and the max. With
 loader not being timed keeps at most 2 batches per worker queued: it refills them during the
 other's slot, so a slot should be several times ``2 x workers`` batches long.
 
+Beside the wall clock, each variant's CPU seconds are counted (psutil: the main process during
+its slots, its worker processes over the whole timed run, once they have refilled their queues):
+samples per CPU-second is the rate of one core that nobody else uses, the figure that holds on a
+shared machine, where the wall time also holds waits for cores that other processes have taken.
+
 The main process runs with ``--threads`` torch threads (default 1: the reader in-process beside a
 trainer gets one core); DataLoader workers always run with one.
 """
@@ -34,8 +39,8 @@ from .plain_loader import PLAIN
 
 VARIANTS = ("ours", "plain")
 COLUMNS = ("workers", "cores", "variant", "decode", "batch", "image_size", "batches", "slots", "threads",
-           "samples_per_s", "samples_per_s_min", "samples_per_s_max", "samples_per_s_per_core", "ms_per_batch",
-           "ratio_vs_plain", "shards", "skipped")
+           "samples_per_s", "samples_per_s_min", "samples_per_s_max", "samples_per_s_per_core", "samples_per_cpu_s",
+           "ms_per_batch", "ratio_vs_plain", "cpu_ratio_vs_plain", "shards", "skipped")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,36 +77,93 @@ def measure(urls: List[str], workers: int, batch: int, image_size: int, batches:
                                    decode_device=decode_device)
     # views made on the GPU are waited for at the end of each slot
     sync = torch.cuda.synchronize if decode_device == "cuda" else (lambda: None)
-    its = {"ours": iter(reader), "plain": plain_batches(urls, batch, workers, image_size, shuffle_buffer=100)}
-    slot_s: Dict[str, List[float]] = {v: [] for v in VARIANTS}
-    samples: Dict[str, int] = {}
-    for variant in VARIANTS:
+    start_variant = {"ours": lambda: iter(reader),
+                     "plain": lambda: plain_batches(urls, batch, workers, image_size, shuffle_buffer=100)}
+    clock, its = CpuClock(), {}
+    for variant in VARIANTS:  # one after the other: each variant's worker processes are told apart
+        its[variant] = start_variant[variant]()
         for _ in range(warmup + workers):
             next(its[variant])
+        clock.adopt_children(variant)
+    slot_s: Dict[str, List[float]] = {v: [] for v in VARIANTS}
+    samples: Dict[str, int] = {}
+    main_cpu_s = {v: 0.0 for v in VARIANTS}
+    workers_cpu_s = {v: -clock.children_s(v) for v in VARIANTS}
     for variant in timing.interleave(VARIANTS, rounds):
-        start, n = time.perf_counter(), 0
+        start, cpu_start, n = time.perf_counter(), clock.main_s(), 0
         for _ in range(batches):
             n += next(its[variant])["scene"].shape[0]
         sync()
         slot_s[variant].append(time.perf_counter() - start)
+        main_cpu_s[variant] += clock.main_s() - cpu_start
         samples[variant] = n  # the same in every slot: full batches
+    for variant in VARIANTS:
+        workers_cpu_s[variant] += clock.children_s(variant, settle=True)
     skipped = reader.skipped
     del its, reader  # their DataLoaders end their worker processes before the next worker count starts
     rows = []
     for variant in VARIANTS:
         rates = [samples[variant] / s for s in slot_s[variant]]
         median_s = statistics.median(slot_s[variant])
+        cpu_s = main_cpu_s[variant] + workers_cpu_s[variant]
         rows.append({"workers": workers, "cores": max(1, workers), "variant": variant, "batch": batch,
                      "image_size": image_size, "batches": batches, "slots": len(rates),
                      "samples_per_s": samples[variant] / median_s, "samples_per_s_min": min(rates),
                      "samples_per_s_max": max(rates),
                      "samples_per_s_per_core": samples[variant] / median_s / max(1, workers),
+                     "samples_per_cpu_s": samples[variant] * len(rates) / cpu_s if cpu_s > 0 else None,
                      "ms_per_batch": 1e3 * median_s / batches, "shards": len(urls),
                      "skipped": skipped if variant == "ours" else None})
-    plain = rows[-1]["ms_per_batch"]
+    plain = rows[-1]
     for row in rows:
-        row["ratio_vs_plain"] = plain / row["ms_per_batch"]  # the ratio of the median slots
+        row["ratio_vs_plain"] = plain["ms_per_batch"] / row["ms_per_batch"]  # the ratio of the median slots
+        row["cpu_ratio_vs_plain"] = (row["samples_per_cpu_s"] / plain["samples_per_cpu_s"]
+                                     if row["samples_per_cpu_s"] and plain["samples_per_cpu_s"] else None)
     return rows
+
+
+class CpuClock:
+    """CPU seconds (user + system) of this process, and of the worker processes each variant
+    started: what the variants cost on a shared machine, where their wall time also holds the
+    waits for cores that other processes hold."""
+
+    def __init__(self):
+        import psutil
+
+        self.me, self.pids = psutil.Process(), {}
+        self.known = {p.pid for p in self.me.children(recursive=True)}
+
+    def adopt_children(self, variant: str) -> None:
+        now = {p.pid for p in self.me.children(recursive=True)}
+        self.pids[variant], self.known = now - self.known, now
+
+    def main_s(self) -> float:
+        t = self.me.cpu_times()
+        return t.user + t.system
+
+    def children_s(self, variant: str, settle: bool = False) -> float:
+        """The variant's workers' CPU seconds so far; ``settle``: once they have stopped working
+        (their queues full again), up to 10 s, so that what they made ahead is counted too."""
+        import psutil
+
+        def total() -> float:
+            out = 0.0
+            for pid in self.pids.get(variant, ()):
+                try:
+                    t = psutil.Process(pid).cpu_times()
+                    out += t.user + t.system
+                except psutil.NoSuchProcess:
+                    pass
+            return out
+
+        last = total()
+        for _ in range(50 if settle and self.pids.get(variant) else 0):
+            time.sleep(0.2)
+            now = total()
+            if now - last < 0.005:
+                break
+            last = now
+        return last
 
 
 def run(args: argparse.Namespace) -> Dict:
@@ -137,7 +199,8 @@ def run(args: argparse.Namespace) -> Dict:
                "rows": []}
     print(f"[bench] loader: {len(urls)} shard(s), batch {args.batch}, image {args.image_size}, "
           f"{host['usable_cpus']} usable CPU(s), {args.threads} torch thread(s), ours vs plain interleaved")
-    print(f"  {'workers':>8}{'variant':>8}{'samples/s':>11}{'min':>8}{'max':>8}{'per core':>10}{'x plain':>9}")
+    print(f"  {'workers':>8}{'variant':>8}{'samples/s':>11}{'min':>8}{'max':>8}{'per core':>10}{'x plain':>9}"
+          f"{'per CPU-s':>11}{'x plain':>9}")
     for w in workers:
         rows = [dict(row, threads=args.threads, decode=args.decode_device or "workers")
                 for row in measure(urls, w, args.batch, args.image_size, args.batches, args.warmup, args.rounds,
@@ -146,7 +209,8 @@ def run(args: argparse.Namespace) -> Dict:
         results.write_results(json_path, csv_path, payload, COLUMNS)
         for r in rows:
             print(f"  {w:>8}{r['variant']:>8}{r['samples_per_s']:>11.1f}{r['samples_per_s_min']:>8.1f}"
-                  f"{r['samples_per_s_max']:>8.1f}{r['samples_per_s_per_core']:>10.1f}{r['ratio_vs_plain']:>8.2f}x")
+                  f"{r['samples_per_s_max']:>8.1f}{r['samples_per_s_per_core']:>10.1f}{r['ratio_vs_plain']:>8.2f}x"
+                  f"{r['samples_per_cpu_s'] or 0:>11.1f}{r['cpu_ratio_vs_plain'] or 0:>8.2f}x")
     payload["plot"] = str(plot.plot_loader(payload, json_path.with_suffix(".png")))
     results.write_results(json_path, csv_path, payload, COLUMNS)
     print(f"[bench] results: {json_path}")
