@@ -183,8 +183,9 @@ def run(args: argparse.Namespace) -> Dict:
         raise UserError("--warmup must not be negative")
     urls = resolve_shards(args.shards)
     torch.set_num_threads(args.threads)
-    host = {"name": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    host = {"name": platform.processor() or platform.machine(), "model": _cpu_model(), "cpus": os.cpu_count(),
+            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "load_average_at_start": _load_average()}  # how busy the machine was: a shared one moves wall rates
     json_path, csv_path = results.results_paths("loader", host["name"], args.out)
     payload = {"benchmark": "loader", "date": timing.utc_now(), "device": {"type": "host", "name": host["name"]},
                "host": host, "versions": results.library_versions(),
@@ -211,8 +212,20 @@ def run(args: argparse.Namespace) -> Dict:
             print(f"  {w:>8}{r['variant']:>8}{r['samples_per_s']:>11.1f}{r['samples_per_s_min']:>8.1f}"
                   f"{r['samples_per_s_max']:>8.1f}{r['samples_per_s_per_core']:>10.1f}{r['ratio_vs_plain']:>8.2f}x"
                   f"{r['samples_per_cpu_s'] or 0:>11.1f}{r['cpu_ratio_vs_plain'] or 0:>8.2f}x")
+    payload["host"]["load_average_at_end"] = _load_average()
     payload["plot"] = str(plot.plot_loader(payload, json_path.with_suffix(".png")))
     results.write_results(json_path, csv_path, payload, COLUMNS)
     print(f"[bench] results: {json_path}")
     return payload
 
+
+def _cpu_model() -> Optional[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:  # not Linux
+        return None
+
+
+def _load_average() -> Optional[List[float]]:
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
