@@ -3,6 +3,9 @@
 Pillow's ``convert("RGB")`` clips a 16-bit grayscale PNG (mode ``I;16``, values 0-65535) to
 255 almost everywhere; its range is scaled onto 8 bits here instead (the high byte), as Pillow
 itself does for 16-bit RGB.
+
+`decode_image_tensor` gives the same pixels as a uint8 tensor (the pretraining reader's path:
+a JPEG decoded by libjpeg-turbo without a PIL image), `decode_batch` a batch of them on a device.
 """
 import functools
 import io
