@@ -47,6 +47,7 @@ setup(
         "open-clip-torch>=2.24",
         "webdataset>=0.2.86",
         "deepspeed>=0.14",
+        "psutil",  # benchmark.py loader's CPU seconds per process (DeepSpeed needs it too)
         "tensorboard>=2.14,<2.21",  # 2.21 needs protobuf>=5, which breaks mediapipe
         "triton; platform_system=='Linux'",
     ],

@@ -37,7 +37,7 @@ SUBCOMMANDS = (
     ("step", bench_step, "the UniEmoX training step (ours) against the plain reference, side by side: "
                          "samples/s, MFU, memory, data share; sweeps"),
     ("loader", bench_loader, "the data loader's own ceiling: decoded two-view samples/s from shards with N "
-                             "workers, no model"),
+                             "workers, no model, against a plain webdataset + torchvision pipeline"),
     ("memory", bench_memory, "activation memory of the pretraining step per sample, with and without activation "
                              "checkpointing; the largest micro batch per GPU"),
     ("checkpoint", bench_checkpoint, "what one training checkpoint costs: bytes on disk and seconds to save "

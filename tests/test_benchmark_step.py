@@ -189,17 +189,24 @@ def test_shards_mode_times_the_real_loader(tmp_path, sample_shards):
     assert [r["variant"] for r in rows] == ["ours", "reference"]
 
 
-def test_loader_ceiling(tmp_path, sample_shards):
+def test_loader_against_the_plain_pipeline(tmp_path, sample_shards):
     out = tmp_path / "loader.json"
     args = ["loader", "--shards", sample_shards, "--workers", "0,1", "--batch", "4", "--image-size", "32",
             "--batches", "3", "--warmup", "1", "--out", str(out)]
     assert main(args) == 0
     res, rows = _read(out)
-    assert res["benchmark"] == "loader" and res["host"]["cpus"] >= 1
-    assert [r["workers"] for r in res["rows"]] == [0, 1] and len(rows) == 2
-    for row in res["rows"]:
-        assert row["samples_per_s"] > 0 and row["shards"] == 4 and row["skipped"] == 0
-        assert row["samples_per_s"] == pytest.approx(4 * 3 / (row["ms_per_batch"] * 3 / 1e3))
+    assert res["benchmark"] == "loader" and res["host"]["cpus"] >= 1 and "A B B A" in res["timing"]
+    assert [(r["workers"], r["variant"]) for r in res["rows"]] == [(0, "ours"), (0, "plain"), (1, "ours"),
+                                                                     (1, "plain")] and len(rows) == 4
+    for ours, plain in zip(res["rows"][::2], res["rows"][1::2]):
+        for row in (ours, plain):
+            assert row["slots"] == 2 and row["shards"] == 4 and row["cores"] == max(1, row["workers"])
+            assert row["samples_per_s_min"] <= row["samples_per_s"] <= row["samples_per_s_max"]
+            assert row["samples_per_s"] == pytest.approx(4 * 3 / (row["ms_per_batch"] * 3 / 1e3))
+            assert row["samples_per_cpu_s"] > 0  # its own processes' CPU time, workers included
+        assert ours["skipped"] == 0 and plain["skipped"] is None and plain["ratio_vs_plain"] == 1.0
+        assert ours["cpu_ratio_vs_plain"] == pytest.approx(ours["samples_per_cpu_s"] / plain["samples_per_cpu_s"])
+        assert ours["ratio_vs_plain"] == pytest.approx(plain["ms_per_batch"] / ours["ms_per_batch"])
     assert out.with_suffix(".png").is_file()
 
 

@@ -121,8 +121,9 @@ def test_labeled_loader_eval_sees_every_sample_once(shards):
 
 def test_throughput_measure_runs(shards):
     from uniemox.bench.loader import measure
-    result = measure(shard_urls(shards), workers=0, batch=4, image_size=32, batches=2, warmup=1)
-    assert result["samples_per_s"] > 0 and result["batches"] == 2 and result["skipped"] == 0
+    ours, plain = measure(shard_urls(shards), workers=0, batch=4, image_size=32, batches=2, warmup=1)
+    assert ours["samples_per_s"] > 0 and ours["batches"] == 2 and ours["skipped"] == 0
+    assert plain["variant"] == "plain" and plain["samples_per_s"] > 0
 
 
 def test_url_forms_and_epoch_size(shards):

@@ -11,8 +11,8 @@ import pytest
 from subprocesses import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["install", "env", "cuda_tests", "kernels_bf16", "step_sweep", "shards", "loader", "pretrain", "resume",
-         "kernels_fp32", "step_profile"]
+STEPS = ["install", "env", "cuda_tests", "kernels_bf16", "step_sweep", "shards", "loader", "loader_nvjpeg", "pretrain",
+         "resume", "kernels_fp32", "step_profile"]
 
 
 def run_script(out: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -66,7 +66,9 @@ def test_each_step_measured_what_it_should(smoke):
                for c in configs.values())
     assert "--compile eager" in (out / "step_sweep" / "flags.txt").read_text()  # passed (compiled on the GPU only)
     assert steps["shards"] == {"samples": 8, "shards": 2}  # 4 photos x 2 copies, 4 per shard
-    assert sorted(steps["loader"]["samples_per_s"]) == ["0", "2"]
+    assert sorted(steps["loader"]["samples_per_s"]) == sorted(steps["loader"]["plain_samples_per_s"]) == ["0", "2"]
+    assert all(r > 0 for r in steps["loader"]["ratio_vs_plain"].values())
+    assert sorted(steps["loader_nvjpeg"]["samples_per_s"]) == ["0", "1"]  # the CPU fallback of the GPU decode
     # killed after 5 steps (exit 137) with the step-3 checkpoint complete; resumed from it to step 6
     assert summary["steps"]["pretrain"]["rc"] == 137 and steps["pretrain"]["checkpoints"] == {"3": "complete"}
     assert steps["pretrain"]["samples_per_s_median"] > 0 and steps["pretrain"]["peak_memory_gib"] > 0
@@ -116,7 +118,8 @@ def test_summary_tells_time_outs_failures_and_missing_files_apart(tmp_path):
                {"step": "pretrain", "rc": 137, "expect_rc": 137, "seconds": 30.0, "timeout_s": 120}]
     (tmp_path / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (tmp_path / "loader").mkdir()
-    (tmp_path / "loader" / "loader.json").write_text(json.dumps({"rows": [{"workers": 4, "samples_per_s": 9.0}]}))
+    (tmp_path / "loader" / "loader.json").write_text(json.dumps(
+        {"rows": [{"workers": 4, "variant": "ours", "samples_per_s": 9.0, "ratio_vs_plain": 1.6}]}))
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu" / "summary.py"), str(tmp_path),
                            "--steps", "env kernels_bf16 loader pretrain resume"],
                           capture_output=True, text=True, timeout=60)

@@ -21,6 +21,7 @@ FILES = {
     "step_sweep": ["step_sweep/step.json", "step_sweep/step.csv", "step_sweep/step.png", "step_sweep/flags.txt"],
     "shards": ["loader/shards-manifest.json"],
     "loader": ["loader/loader.json", "loader/loader.csv", "loader/loader.png"],
+    "loader_nvjpeg": ["loader/nvjpeg.json", "loader/nvjpeg.csv", "loader/nvjpeg.png"],
     "pretrain": ["pretrain/metrics.jsonl", "pretrain/config.yaml", "pretrain/checkpoints.txt", "pretrain/plan.json"],
     "resume": ["resume/metrics.jsonl", "resume/checkpoints.txt"],
     "step_profile": ["step_profile/step.json"],
@@ -120,9 +121,14 @@ def check_shards(out: Path):
     return None, {"samples": train["count"], "shards": len(train["shards"])}
 
 
-def check_loader(out: Path):
-    rows = _json(out / "loader" / "loader.json")["rows"]
-    return (None if rows else "no rows"), {"samples_per_s": {r["workers"]: r["samples_per_s"] for r in rows}}
+def check_loader(path: Path):
+    """Ours' samples/s per worker count, the plain pipeline's, and their ratio."""
+    rows = _json(path)["rows"]
+    by_variant = {v: {r["workers"]: r for r in rows if r["variant"] == v} for v in ("ours", "plain")}
+    return (None if rows else "no rows"), {
+        "samples_per_s": {w: r["samples_per_s"] for w, r in by_variant["ours"].items()},
+        "plain_samples_per_s": {w: r["samples_per_s"] for w, r in by_variant["plain"].items()},
+        "ratio_vs_plain": {w: r["ratio_vs_plain"] for w, r in by_variant["ours"].items()}}
 
 
 def check_pretrain(out: Path):
@@ -167,7 +173,9 @@ CHECKS = {"env": check_env, "cuda_tests": check_cuda_tests,
           "kernels_bf16": lambda out: check_kernels(out / "kernels" / "bf16.json"),
           "kernels_fp32": lambda out: check_kernels(out / "kernels" / "fp32.json"),
           "step_sweep": lambda out: check_step(out / "step_sweep" / "step.json"),
-          "shards": check_shards, "loader": check_loader, "pretrain": check_pretrain, "resume": check_resume,
+          "shards": check_shards, "loader": lambda out: check_loader(out / "loader" / "loader.json"),
+          "loader_nvjpeg": lambda out: check_loader(out / "loader" / "nvjpeg.json"),
+          "pretrain": check_pretrain, "resume": check_resume,
           "step_profile": check_profile}
 
 

@@ -16,25 +16,18 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional
 
 import torch
 
 from .data import masking_noise
 from .runners import StepRunner
+from .timing import interleave  # noqa: F401  (the slot order; step.py takes it from here)
 
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def interleave(variants: Sequence[str], rounds: int) -> List[str]:
-    """A B, B A, A B ...: the order of the timed slots."""
-    order: List[str] = []
-    for r in range(rounds):
-        order += list(variants) if r % 2 == 0 else list(reversed(variants))
-    return order
 
 
 @dataclass

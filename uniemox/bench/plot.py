@@ -1,7 +1,7 @@
 """PNG plots of benchmark results (matplotlib, Agg backend: no display needed).
 
 ``plot_step``: samples/s of ``ours`` and ``reference`` side by side for every configuration,
-the speed-up written above each pair. ``plot_loader``: decoded samples/s per worker count.
+the speed-up written above each pair. ``plot_loader``: samples/s per worker count, ours and plain, with their ratio.
 """
 from pathlib import Path
 from typing import Dict, List
@@ -49,11 +49,20 @@ def plot_loader(payload: Dict, path: Path) -> Path:
     plt = _pyplot()
     rows: List[Dict] = payload["rows"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["workers"] for r in rows], [r["samples_per_s"] for r in rows], marker="o")
-    ax.set_xlabel("loader workers")
-    ax.set_ylabel("decoded two-view samples/s")
-    ax.set_title(f"loader ceiling, {payload['host']['cpus']} CPUs, image {payload['run']['image_size']}",
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == variant]
+        ax.errorbar([r["workers"] for r in mine], [r["samples_per_s"] for r in mine], marker="o", capsize=3,
+                    yerr=[[r["samples_per_s"] - r["samples_per_s_min"] for r in mine],
+                          [r["samples_per_s_max"] - r["samples_per_s"] for r in mine]], label=variant)
+    for r in rows:
+        if r["variant"] == "ours":
+            ax.annotate(f"{r['ratio_vs_plain']:.2f}x", (r["workers"], r["samples_per_s"]),
+                        textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+    ax.set_xlabel("loader workers (0: in the main process)")
+    ax.set_ylabel("decoded two-view samples/s (median slot)")
+    ax.set_title(f"loader: ours vs plain, {payload['host']['cpus']} CPUs, image {payload['run']['image_size']}",
                  fontsize=10)
+    ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, plt, path)
 

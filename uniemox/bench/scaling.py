@@ -55,9 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "here: no GPU; benchmark.py step reports it on one)")
     parser.add_argument("--gpus-per-node", type=int, default=8)
     parser.add_argument("--target-hours", type=float, default=24.0, help="wall-clock budget the node count is for")
-    parser.add_argument("--loader-rate", type=float, default=390.0, help="decoded two-view images/s per loader "
-                        "core (measured: 500x375 photo JPEGs, one worker, 2-core CPU; docs/benchmarks.md)")
-    parser.add_argument("--image-kb", type=float, default=55.0, help="shard bytes per image, KB (the same photos)")
+    parser.add_argument("--loader-rate", type=float, default=540.0, help="decoded two-view images per CPU-second "
+                        "of the loader, its workers and the main process's share (measured: benchmark.py loader, "
+                        "photo shards at make_shards' default 256 px, 1-2 workers, 2-core CPU; docs/benchmarks.md)")
+    parser.add_argument("--image-kb", type=float, default=42.0, help="shard bytes per image, KB (the same photo "
+                                                                     "shards, tar headers and JSON included)")
     parser.add_argument("--detect-core-s", type=float, default=0.080, help="core-seconds per image for person "
                         "detection at shard time (measured: 7.7 s for 192 images on 2 cores; docs/data.md)")
     parser.add_argument("--bytes-per-param", type=float, default=14.0, help="checkpoint bytes per parameter "

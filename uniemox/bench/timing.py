@@ -10,7 +10,7 @@ import re
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -55,6 +55,15 @@ def median_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps:
     torch.cuda.synchronize(device)
     times = [start.elapsed_time(end) for start, end in events]
     return statistics.median(times), times
+
+
+def interleave(variants: Sequence[str], rounds: int) -> List[str]:
+    """A B, B A, A B ...: the order of the timed slots of the benchmarks that compare variants
+    (``step``, ``loader``), so a drift of the machine falls on every variant alike."""
+    order: List[str] = []
+    for r in range(rounds):
+        order += list(variants) if r % 2 == 0 else list(reversed(variants))
+    return order
 
 
 def device_name(device: torch.device) -> str:

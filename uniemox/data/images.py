@@ -8,11 +8,19 @@ Every image is judged by the size its header DECLARES before a pixel is decoded
 (`check_declared_size`): a 300 KB PNG may declare 12000 x 12000 pixels and cost gigabytes to
 decode. Over ``UNIEMOX_MAX_IMAGE_PIXELS`` (default `DEFAULT_MAX_PIXELS`, any mode and format) it
 is refused with `OversizedImage`, which readers count as ``oversized_image``.
+
+`decode_image_tensor` gives the same pixels as a uint8 tensor (the pretraining reader's path:
+a JPEG decoded by libjpeg-turbo without a PIL image), `decode_batch` a batch of them on a device.
 """
+import functools
 import io
 import os
+import warnings
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..errors import UserError
@@ -80,3 +88,75 @@ def decode_image(data: bytes) -> Image.Image:
     before decoding)."""
     with Image.open(io.BytesIO(data)) as img:
         return to_rgb(check_declared_size(img))
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image opened (its header read) but not decoded: its bytes and declared size, for a
+    reader that decodes a whole batch later on a device (`decode_batch`)."""
+    data: bytes
+    width: int
+    height: int
+
+
+def decode_image_tensor(data: bytes, defer: bool = False) -> Union[torch.Tensor, EncodedImage]:
+    """The pixels of `decode_image` as a [3, H, W] uint8 tensor whose memory is H x W x 3 (the
+    channels-last layout torch's uint8 resize kernels are fastest on). A JPEG in RGB or grayscale
+    is decoded by torchvision's libjpeg-turbo straight into the tensor, with no PIL image in
+    between (the same pixels as Pillow's, bit for bit: both call libjpeg-turbo with its defaults);
+    every other image goes through Pillow, as `decode_image`. ``defer``: the header only, as an
+    `EncodedImage`."""
+    with Image.open(io.BytesIO(data)) as img:
+        check_declared_size(img)
+        if defer:
+            return EncodedImage(data, img.width, img.height)
+        decode_jpeg = _jpeg_decoder()
+        if decode_jpeg is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
+            try:
+                return decode_jpeg(_byte_tensor(data))
+            except RuntimeError:
+                pass  # what libjpeg-turbo refuses, Pillow decodes or refuses below: one verdict on damage
+        return torch.from_numpy(np.array(to_rgb(img))).permute(2, 0, 1)
+
+
+def decode_batch(encoded: Sequence[bytes], device: torch.device) -> List[Optional[torch.Tensor]]:
+    """[3, H, W] uint8 on ``device`` per image, None for one that cannot be decoded. The JPEGs are
+    decoded together by torchvision on ``device`` (on CUDA: nvJPEG, batched); the rest, and every
+    JPEG of a batch that fails (one damaged file fails them all), one by one by
+    `decode_image_tensor` on the CPU."""
+    out: List[Optional[torch.Tensor]] = [None] * len(encoded)
+    jpegs = [i for i, data in enumerate(encoded) if data[:3] == b"\xff\xd8\xff"]
+    decode_jpeg = _jpeg_decoder()
+    if jpegs and decode_jpeg is not None:
+        try:
+            for i, img in zip(jpegs, decode_jpeg([_byte_tensor(encoded[i]) for i in jpegs], device=device)):
+                out[i] = img
+        except RuntimeError:
+            pass
+    for i, data in enumerate(encoded):
+        if out[i] is None:
+            try:
+                out[i] = decode_image_tensor(data).to(device)
+            except Exception:  # damaged: the caller counts and skips it
+                pass
+    return out
+
+
+def _byte_tensor(data: bytes) -> torch.Tensor:
+    # a bytearray: torch warns on (and must not alias) the immutable bytes object
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+@functools.lru_cache(maxsize=None)
+def _jpeg_decoder():
+    """torchvision's JPEG decoder (libjpeg-turbo on the CPU, nvJPEG on CUDA) to RGB, or None where
+    this torchvision has none (its image codecs are deprecated since 0.29 in favour of TorchCodec):
+    Pillow then decodes every image."""
+    # said at every call by torchvision 0.29 (once per worker process): a note for this module's maintainers
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return None
+    return functools.partial(decode_jpeg, mode=ImageReadMode.RGB)

@@ -8,9 +8,11 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Dict, Iterator, Optional, Sequence, Union
 
+import torch
 from torch.utils.data import DataLoader
 
 from ..errors import UserError
+from .device_views import DeviceViews
 from .elastic import reshard
 from .plan import Carry
 from .reader import MODES, ReaderConfig, ShardStream, ViewTransform, count_classes, expand_urls
@@ -47,11 +49,19 @@ class ShardLoader:
             raise UserError(f"{len(cfg.urls)} shard(s) for {cfg.world_size} rank(s) x {cfg.streams} worker(s): "
                             f"every worker needs a shard; write smaller shards (--shard-size), use fewer "
                             f"workers, or resampled=True")
+        if cfg.decode_device is not None:
+            if cfg.mode != "pretrain" or cfg.decode_device.split(":")[0] not in ("cpu", "cuda"):
+                raise UserError(f"decode_device={cfg.decode_device!r}: pretraining decodes on 'cpu' or 'cuda'")
+            if cfg.decode_device.startswith("cuda") and not torch.cuda.is_available():
+                raise UserError(f"decode_device={cfg.decode_device!r}: no CUDA device is visible")
         if view_transform is not None and cfg.mode == "pretrain":
             raise UserError("view_transform is for train/eval mode; pretraining has its two-view transform")
         self.cfg, self.epoch_batches, self.view_transform = cfg, epoch_batches, view_transform
         self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
         self._it = None
+        # decode_device: the views are cut here, after the workers (device_views.py); what fails there is counted here
+        self.device_views = DeviceViews(cfg.image_size, cfg.decode_device) if cfg.decode_device else None
+        self.device_skips: Counter = Counter()
         self.carry: Carry = {}  # epochs under way at an elastic resume: their remaining pieces (plan.py)
         self.set_epoch(0)
         if start_state is not None:
@@ -70,6 +80,7 @@ class ShardLoader:
         total = Counter({k: 0 for k in SKIP_KINDS})
         for w in self.workers:
             total.update(w["skips"])
+        total.update(self.device_skips)
         return dict(total)
 
     @property
@@ -85,13 +96,16 @@ class ShardLoader:
         for item in self._loader(endless=True):
             self._advance(item.pop("_meta"))
             self.epoch = min(w["epoch"] for w in self.workers)  # the epoch every worker has reached
-            yield item
+            yield self._views(item)
 
     def _loader(self, endless: bool = False) -> DataLoader:
         stream = ShardStream(self.cfg, [dict(w) for w in self.workers], self.next_worker, endless,
                              self.view_transform, self.carry)
         return DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers, pin_memory=self.pin_memory,
                           prefetch_factor=self.prefetch_factor if self.cfg.num_workers else None)
+
+    def _views(self, batch: Dict) -> Dict:
+        return self.device_views(batch, self.device_skips) if self.device_views else batch
 
     def _advance(self, meta: Dict) -> None:
         """Record where the worker that made this item stands, and who is next."""
@@ -118,7 +132,7 @@ class ShardLoader:
             if meta["final"]:
                 continue
             self.batches_in_epoch += 1
-            yield item
+            yield self._views(item)
         if self.cfg.resampled:  # the stream goes on; only the loader's epoch count moves
             self.epoch, self.batches_in_epoch = self.epoch + 1, 0
         else:
@@ -128,7 +142,8 @@ class ShardLoader:
         return {"version": 1, "config": self._fingerprint(), "epoch": self.epoch,
                 "batches_in_epoch": self.batches_in_epoch, "next_worker": self.next_worker,
                 "workers": [dict(w, skips=dict(w["skips"]), read=list(w.get("read", []))) for w in self.workers],
-                "carry": {e: [list(p) for p in pieces] for e, pieces in self.carry.items()}}
+                "carry": {e: [list(p) for p in pieces] for e, pieces in self.carry.items()},
+                "device_skips": dict(self.device_skips)}
 
     def load_state_dict(self, state: Dict) -> None:
         if state.get("version") != 1 or "workers" not in state:
@@ -141,6 +156,7 @@ class ShardLoader:
         self.epoch, self.batches_in_epoch = state["epoch"], state["batches_in_epoch"]
         self.next_worker, self.workers = state["next_worker"], [dict(w) for w in state["workers"]]
         self.carry = {int(e): pieces for e, pieces in (state.get("carry") or {}).items()}
+        self.device_skips = Counter(state.get("device_skips") or {})
         self._it = None
 
     def load_elastic(self, states: Sequence[Dict]) -> None:
@@ -162,17 +178,19 @@ def build_pretrain_loader(urls: Union[str, Sequence[str]], batch_size: int, num_
                           start_state: Optional[Dict] = None, epoch_batches: Optional[int] = None,
                           drop_last: bool = True, pin_memory: bool = False,
                           person_view: bool = True, class_count: Optional[int] = None,
-                          retry: Retry = Retry()) -> ShardLoader:
+                          retry: Retry = Retry(), decode_device: Optional[str] = None) -> ShardLoader:
     """The pretraining reader (two views + prompt); see `ShardLoader` for the batch layout.
     ``person_view=False``: batches without "person" (a caller that uses the scene view only
     saves its crop and resize). ``class_count``: samples labelled outside it are skipped and
     counted (default: the classes of the shards' manifest, where there is one). ``retry``: how
-    remote shards are waited for and retried."""
+    remote shards are waited for and retried. ``decode_device`` ("cuda", "cpu"): the workers
+    only draw the crops; each batch is decoded and its views cut on that device in this process
+    (device_views.py; the batches' views are then on that device)."""
     urls = expand_urls(urls)
     class_count = class_count if class_count is not None else count_classes(urls)
     cfg = ReaderConfig(tuple(urls), batch_size, num_workers, image_size, shuffle_buffer, seed,
                        resampled, rank, world_size, drop_last, "pretrain", person_view=person_view,
-                       class_count=class_count, retry=retry)
+                       class_count=class_count, retry=retry, decode_device=decode_device)
     return ShardLoader(cfg, epoch_batches, pin_memory, start_state=start_state)
 
 

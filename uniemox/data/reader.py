@@ -23,6 +23,7 @@ Each DataLoader worker runs one `ShardStream` (the loader around it is loader.py
 * damaged data (corrupt image, bad JSON, truncated tar) is skipped and counted
   (`loader.skipped`), logged at most every 10 s per worker.
 """
+import functools
 import json
 import os
 import random
@@ -37,7 +38,8 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import UserError
-from .images import decode_image, skip_kind
+from .device_views import view_draws
+from .images import decode_image, decode_image_tensor, skip_kind
 from .prompts import build_prompt
 from .manifest import MANIFEST
 from .remote import parent, read_text
@@ -47,7 +49,7 @@ from .tarstream import IMAGE_KEYS, RateLimitedLog, Retry, iter_pieces, seeded_sh
 from .transforms import EvalTransform, TwoViewTransform, ViewAugment
 
 MODES = ("pretrain", "train", "eval")
-ViewTransform = Callable[[Image.Image, random.Random], torch.Tensor]  # a train/eval mode view
+ViewTransform = Callable[[Image.Image, random.Random], torch.Tensor]  # a train/eval mode view (takes PIL)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class ReaderConfig:
     person_view: bool = True  # pretrain mode: False leaves the person view out (teacher training)
     class_count: Optional[int] = None  # labels at or above it are skipped (None: not known)
     retry: Retry = Retry()  # remote shards: time-out and bounded retries (tarstream.Retry)
+    decode_device: Optional[str] = None  # pretrain mode: decode and cut the views there (device_views.py)
 
     @property
     def streams(self) -> int:
@@ -154,6 +157,11 @@ class ShardStream(IterableDataset):
         self.two_view = TwoViewTransform(cfg.image_size)
         self.single = view_transform or (ViewAugment(cfg.image_size) if cfg.mode == "train"
                                          else EvalTransform(cfg.image_size))
+        # the reader's own augmentations crop tensors; the evaluation view and a caller's transform take PIL;
+        # with a decode device, the workers read the header only and draw the crops
+        self.deferred = cfg.mode == "pretrain" and cfg.decode_device is not None
+        self.decode = (functools.partial(decode_image_tensor, defer=self.deferred)
+                       if cfg.mode == "pretrain" or isinstance(self.single, ViewAugment) else decode_image)
 
     def pieces(self, epoch: int, worker: int) -> List[Piece]:
         return epoch_pieces(self.cfg, epoch, worker, self.carry)
@@ -179,14 +187,20 @@ class ShardStream(IterableDataset):
             return None
         label = meta["label"]
         try:
-            img = decode_image(sample[image_key])
+            img = self.decode(sample[image_key])
         except Exception as e:
             kind = skip_kind(e)
             counters[kind] += 1
             warn(f"sample {key}: {kind.replace('_', ' ')} ({type(e).__name__}: {e})")
             return None
         out = {"label": label, "key": key, "epoch": epoch}
-        if self.cfg.mode == "pretrain":
+        if self.deferred:  # the views are cut after the batch is decoded (device_views.py)
+            box = meta.get("person_box")
+            scene, person = self.two_view.draw(img.width, img.height, box, rng, self.cfg.person_view)
+            out.update(encoded=img.data, text=text, has_person=box is not None, **view_draws("scene", scene))
+            if person is not None:
+                out.update(view_draws("person", person))
+        elif self.cfg.mode == "pretrain":
             box = meta.get("person_box")
             if self.cfg.person_view:
                 out["scene"], out["person"] = self.two_view(img, box, rng)

@@ -8,10 +8,12 @@ from where it failed, then skipped and counted the same way: never a hang, never
 """
 import logging
 import random
+import re
+import tarfile
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
@@ -21,6 +23,7 @@ from .sample_meta import SKIP_KINDS as META_SKIP_KINDS
 logger = logging.getLogger("uniemox.data")
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members (not samples), skipped as it skips them
 SKIP_KINDS = ("corrupt_image", "oversized_image", "incomplete_sample", "truncated_shard", "unreadable_shard") + META_SKIP_KINDS
 
 
@@ -56,20 +59,106 @@ def data_retry(data) -> Retry:
     return Retry(attempts=data.io_retries, timeout=data.io_timeout)
 
 
+BLOCK = 512
+_COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz: left to tarfile
+
+
+class _Replay:
+    """A stream with bytes already read from it put back in front."""
+
+    def __init__(self, head: bytes, stream):
+        self.head, self.stream = head, stream
+
+    def read(self, n: int = -1) -> bytes:
+        if not self.head:
+            return self.stream.read(n)
+        out, self.head = (self.head, b"") if n < 0 or n >= len(self.head) else (self.head[:n], self.head[n:])
+        return out + (self.stream.read(n - len(out)) if n < 0 or n > len(out) else b"")
+
+
+def _read_exactly(stream, n: int) -> bytes:
+    """``n`` bytes, fewer only at the end of the stream (a network stream may return less per read)."""
+    data = stream.read(n)
+    while 0 < len(data) < n:
+        more = stream.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _octal(field: bytes) -> int:
+    if field[0] & 0x80:  # GNU base-256, for sizes past 8 GiB
+        return int.from_bytes(field[1:], "big")
+    return int(field.strip(b" \0") or b"0", 8)
+
+
+def _pax_path(records: bytes) -> Optional[str]:
+    pos, path = 0, None
+    while pos < len(records):
+        space = records.index(b" ", pos)
+        length = int(records[pos:space])
+        key, _, value = records[space + 1:pos + length - 1].partition(b"=")
+        if key == b"path":
+            path = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return path
+
+
+def tar_members(stream) -> Iterator[Tuple[str, bytes]]:
+    """(name, data) of the regular files of a tar stream, in order. The 512-byte headers are read
+    here directly: tarfile's stream mode costs several times the rest of a member's reading. Long
+    names (pax ``path``, GNU ``L``) are honoured; a compressed tar goes through tarfile. An empty
+    stream, a header whose checksum is wrong, or a stream that ends inside a member raise
+    `tarfile.ReadError`; the end-of-archive blocks, or the stream's end at a member boundary, end it."""
+    header = _read_exactly(stream, BLOCK)
+    if not header:
+        raise tarfile.ReadError("empty file")
+    if header.startswith(_COMPRESSED):
+        for member in tar_file_iterator(_Replay(header, stream)):
+            yield member["fname"], member["data"]
+        return
+    long_name: Optional[str] = None
+    while header and header.count(0) < BLOCK:
+        if len(header) < BLOCK or _octal(header[148:156]) != sum(header) - sum(header[148:156]) + 8 * 32:
+            raise tarfile.ReadError("truncated or damaged tar header")
+        size, kind = _octal(header[124:136]), header[156:157]
+        padded = size + (-size % BLOCK)
+        data = _read_exactly(stream, padded)
+        if len(data) < padded:
+            raise tarfile.ReadError("unexpected end of data")
+        data = data[:size]
+        if kind == b"x":
+            long_name = _pax_path(data) or long_name
+        elif kind == b"L":
+            long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+        else:
+            if kind in (b"0", b"\0", b"7"):  # a regular file
+                name = long_name
+                if name is None:
+                    name = header[:100].split(b"\0", 1)[0]
+                    prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
+                    name = (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape")
+                if not _META.match(name):
+                    yield name, data
+            long_name = None
+        header = _read_exactly(stream, BLOCK)
+
+
 def _samples(stream) -> Iterator[Dict]:
     """Complete samples of a tar stream, in file order; raises what the stream raises, after the
     sample it was reading when it broke (incomplete) is dropped."""
     current: Dict = {}
     try:
-        for member in tar_file_iterator(stream):
-            key, suffix = base_plus_ext(member["fname"])
+        for name, data in tar_members(stream):
+            key, suffix = base_plus_ext(name)
             if key is None:
                 continue
             if current and key != current["__key__"]:
                 yield current
                 current = {}
             current.setdefault("__key__", key)
-            current[suffix.lower()] = member["data"]
+            current[suffix.lower()] = data
     except Exception:
         if "json" in current and any(k in current for k in IMAGE_KEYS):
             yield current  # the member that broke came after a complete sample

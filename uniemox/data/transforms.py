@@ -4,6 +4,14 @@ scene view: RandomResizedCrop(S, scale=(0.2, 1.0), ratio=(3/4, 4/3), bicubic), h
 flip with p=0.5, ImageNet mean/std. person view: the crop of person_box, then the same
 augmentation with its own draws; the whole image when the box is null.
 
+The reader's views are cut from a uint8 tensor (`images.decode_image_tensor`): the crop is a
+view of the decoded pixels (the person crop and the scene crop share one decode), resized by
+torch's vectorised uint8 bicubic kernel with antialiasing (`resized_crop`), the filter of
+Pillow's BICUBIC (a = -0.5, widened by the scale when reducing) at about a third of its time.
+The views are MAE's RandomResizedCrop (torchvision on a PIL image: the crop, then Pillow's
+bicubic resize) of the same box to within a level for all but a few pixels in 10^5 (docs/data.md,
+"Augmentation"). PIL images are taken too.
+
 Every view leaves the reader's workers as uint8 (pretraining's two views, fine-tuning's
 augmented view, the evaluation view): a quarter of float32's bytes through the workers' shared
 memory, the pinned copy and the host-to-device copy. `model_input` normalises them on the
@@ -16,10 +24,11 @@ resumed run see exactly the batches of an uninterrupted one.
 import functools
 import math
 import random
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -98,50 +107,103 @@ def random_resized_crop_box(width: int, height: int, rng: random.Random,
     return left, top, left + w, top + h
 
 
-def crop_person(img: Image.Image, box: Optional[Sequence[float]]) -> Image.Image:
-    """The person crop (box in pixels, rounded outwards and clipped); the image itself when
-    the box is null or degenerate."""
+Pixels = Union[Image.Image, torch.Tensor]  # a PIL image, or [3, H, W] uint8
+
+
+def person_box_pixels(width: int, height: int,
+                      box: Optional[Sequence[float]]) -> Optional[Tuple[int, int, int, int]]:
+    """The person box in whole pixels (rounded outwards and clipped), or None when the box is
+    null or degenerate (the person view is then the whole image)."""
     if box is None:
-        return img
-    w, h = img.size
+        return None
     x0, y0 = max(0, int(math.floor(box[0]))), max(0, int(math.floor(box[1])))
-    x1, y1 = min(w, int(math.ceil(box[2]))), min(h, int(math.ceil(box[3])))
+    x1, y1 = min(width, int(math.ceil(box[2]))), min(height, int(math.ceil(box[3])))
     if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    return x0, y0, x1, y1
+
+
+def crop_person(img: Image.Image, box: Optional[Sequence[float]]) -> Image.Image:
+    """The person crop (`person_box_pixels`); the image itself when there is none."""
+    crop = person_box_pixels(img.width, img.height, box)
+    return img if crop is None else img.crop(crop)
+
+
+def image_tensor(img: Pixels) -> torch.Tensor:
+    """[3, H, W] uint8 of an RGB PIL image (H x W x 3 in memory), or the tensor itself."""
+    if isinstance(img, torch.Tensor):
         return img
-    return img.crop((x0, y0, x1, y1))
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+
+
+Box = Tuple[int, int, int, int]  # left, top, right, bottom, in whole pixels
+ViewDraw = Tuple[Box, bool]  # a view's crop box in the image, and whether it is flipped
+
+
+def resized_crop(img: torch.Tensor, box: Box, size: int) -> torch.Tensor:
+    """The ``box`` of ``img`` [3, H, W] uint8, resized to S x S by bicubic interpolation with
+    antialiasing. On the CPU torch's uint8 kernel rounds and clips itself; elsewhere (a GPU has
+    no uint8 kernel) it runs in float32, rounded and clipped after."""
+    left, top, right, bottom = box
+    crop = img[None, :, top:bottom, left:right]
+    if img.device.type == "cpu":
+        return F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0]
+    out = F.interpolate(crop.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0]
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 class ViewAugment:
     """RandomResizedCrop + horizontal flip of one view, [3, S, S] uint8 (normalised on the
-    device by `model_input`)."""
+    device by `model_input`): `draw` takes the random draws from the image's size alone, `apply`
+    cuts the view, wherever the pixels are."""
 
     def __init__(self, size: int = 224, scale: Tuple[float, float] = (0.2, 1.0),
                  ratio: Tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5):
         self.size, self.scale, self.ratio, self.flip_p = size, scale, ratio, flip_p
 
-    def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
-        box = random_resized_crop_box(img.width, img.height, rng, self.scale, self.ratio)
-        out = img.resize((self.size, self.size), Image.BICUBIC, box=box)  # crop + resize in one pass
-        if rng.random() < self.flip_p:
-            out = out.transpose(Image.FLIP_LEFT_RIGHT)
-        return to_uint8_tensor(out)
+    def draw(self, width: int, height: int, rng: random.Random) -> ViewDraw:
+        box = random_resized_crop_box(width, height, rng, self.scale, self.ratio)
+        return box, rng.random() < self.flip_p
+
+    def apply(self, img: torch.Tensor, box: Box, flip: bool) -> torch.Tensor:
+        out = resized_crop(img, box, self.size)
+        return out.flip(-1) if flip else out
+
+    def __call__(self, img: Pixels, rng: random.Random) -> torch.Tensor:
+        img = image_tensor(img)
+        return self.apply(img, *self.draw(img.shape[-1], img.shape[-2], rng))
 
 
 class TwoViewTransform:
-    """(scene view, person view) of one image, both [3, S, S] uint8 (see the module doc)."""
+    """(scene view, person view) of one image, both [3, S, S] uint8 (see the module doc).
+    `draw` gives both views' boxes in the whole image's pixels from its size alone (the person
+    view's crop is drawn inside the person box), so the pixels may be decoded later elsewhere
+    (the reader's ``decode_device``) and cut with the same draws."""
 
     def __init__(self, size: int = 224, scale: Tuple[float, float] = (0.2, 1.0)):
         self.augment = ViewAugment(size, scale)
 
-    def scene(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
-        """The scene view alone; its draws come first, so it equals the pair's scene view."""
-        return self.augment(img, rng)
+    def draw(self, width: int, height: int, person_box: Optional[Sequence[float]], rng: random.Random,
+             person: bool = True) -> Tuple[ViewDraw, Optional[ViewDraw]]:
+        """(scene draw, person draw); the scene's draws come first, so ``person=False`` leaves
+        the scene view as it is in the pair."""
+        scene = self.augment.draw(width, height, rng)
+        if not person:
+            return scene, None
+        x0, y0, x1, y1 = person_box_pixels(width, height, person_box) or (0, 0, width, height)
+        (left, top, right, bottom), flip = self.augment.draw(x1 - x0, y1 - y0, rng)
+        return scene, ((x0 + left, y0 + top, x0 + right, y0 + bottom), flip)
 
-    def __call__(self, img: Image.Image, person_box: Optional[Sequence[float]],
+    def scene(self, img: Pixels, rng: random.Random) -> torch.Tensor:
+        """The scene view alone; it equals the pair's scene view."""
+        img = image_tensor(img)
+        return self.augment.apply(img, *self.draw(img.shape[-1], img.shape[-2], None, rng, person=False)[0])
+
+    def __call__(self, img: Pixels, person_box: Optional[Sequence[float]],
                  rng: random.Random) -> Tuple[torch.Tensor, torch.Tensor]:
-        scene = self.scene(img, rng)
-        person = self.augment(crop_person(img, person_box), rng)
-        return scene, person
+        img = image_tensor(img)  # one decode for both crops
+        scene, person = self.draw(img.shape[-1], img.shape[-2], person_box, rng)
+        return self.augment.apply(img, *scene), self.augment.apply(img, *person)
 
 
 class EvalTransform:
