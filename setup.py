@@ -1,18 +1,17 @@
 """UniEmoX: cross-modal semantic-guided pretraining for scene emotion perception.
 
-torch and torchvision are deliberately unpinned here: a machine that already has a
-(CUDA) torch keeps it. `launch/install.sh` installs a known-good pair where none works.
+torch and torchvision have floors only: a machine that already has a (CUDA) torch keeps it.
+`launch/install.sh` installs a known-good pair where none works.
 """
 from setuptools import find_packages, setup
 
 VERSION = "0.1.0"
 
-# The person detector is mediapipe 0.10.21, the last release with a bundled pose model (later ones
-# download their models). Its metadata pins protobuf<5, numpy<2, jax and opencv-contrib, none of which
-# it needs here, so pip cannot install it beside tensorboard: launch/install.sh installs it with
-# --no-deps on top of the packages below (docs/development.md#dependencies). Its pose solution reads
-# FieldDescriptor.label, which protobuf 7 removed; protobuf 6 runs it.
-MEDIAPIPE = "mediapipe==0.10.21"
+# The person detector is mediapipe 0.10.21 (uniemox/data/detector.py: MEDIAPIPE_RELEASE), the last
+# release with a bundled pose model (later ones download their models). Its metadata pins protobuf<5,
+# numpy<2, jax and opencv-contrib, none of which it needs here, so pip cannot install it beside
+# tensorboard: launch/install.sh installs it with --no-deps on top of the packages below. Its pose
+# solution reads FieldDescriptor.label, which protobuf 7 removed; protobuf 6 runs it.
 DETECT = ["absl-py", "attrs", "flatbuffers", "protobuf>=6.31.1,<7",
           "opencv-python-headless<5", "matplotlib", "sounddevice"]
 
@@ -49,7 +48,7 @@ setup(
         "braceexpand>=0.1.7",  # shard patterns, data-000{000..099}.tar
         "safetensors>=0.4",
         "scipy>=1.10",        # EMOTIC's Annotations.mat (scipy.io.loadmat)
-        "timm>=1.0.16",       # local-dir: model loading
+        "timm>=1.0.31",       # Mixup(multi_label=...); local-dir: model loading from 1.0.16
         "open-clip-torch>=2.32",  # ClipLoss.get_logits(..., logit_bias)
         "webdataset>=0.2.86",
         "deepspeed>=0.16.6",  # engine.compile, is_deepcompile_enabled, ds_to_universal --inject_missing_state

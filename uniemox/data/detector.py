@@ -21,11 +21,11 @@ Detection = Optional[Tuple[List[float], float]]
 DETECTORS = ("none", "mediapipe", "torchvision")
 COCO_PERSON = 1
 # The last mediapipe release with the legacy pose solution and its model inside the wheel (later
-# releases download their models); wheels for CPython 3.9-3.12. pip cannot install it as a dependency
+# releases download their models); wheels up to CPython 3.12. pip cannot install it as a dependency
 # (its metadata pins protobuf<5 and numpy<2), hence --no-deps on top of the 'detect' extra.
 MEDIAPIPE_RELEASE = "0.10.21"
 INSTALL_MEDIAPIPE = (f"run `bash launch/install.sh detect` (or `pip install \".[detect]\" && "
-                     f"pip install --no-deps mediapipe=={MEDIAPIPE_RELEASE}`; Python 3.9-3.12)")
+                     f"pip install --no-deps mediapipe=={MEDIAPIPE_RELEASE}`; Python up to 3.12)")
 
 
 class MediapipePersonDetector:
