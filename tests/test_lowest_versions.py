@@ -5,8 +5,8 @@ the open_clip teacher; TensorBoard), the export (DeepSpeed's zero_to_fp32, safet
 training (open_clip's ClipLoss), fine-tuning (timm's Mixup and save_for_hf, matplotlib reports) and
 timm's `local-dir:` load of its export.
 
-Downloads about 3 GB (torch with its CUDA libraries) and installs them: about 6 of its minutes on a
-2-core machine from a cold pip cache. Deselect with `-m "not lowest_versions"`."""
+Downloads about 3 GB (torch with its CUDA libraries); docs/development.md#dependencies has its wall
+time. Deselect with `-m "not lowest_versions"`."""
 import ast
 import os
 import subprocess
