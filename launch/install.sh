@@ -2,7 +2,7 @@
 # Set up UniEmoX from nothing on this machine, into the current Python environment.
 #
 #   bash launch/install.sh            # the package (runs the main job)
-#   bash launch/install.sh dev        # + test tools and the person detector
+#   bash launch/install.sh dev        # + test tools, the trackers and the person detector (up to Python 3.12)
 #   bash launch/install.sh detect,gpu # any extras of setup.py, comma-separated
 #
 # torch: a working torch + torchvision pair (e.g. a cluster's CUDA build) is kept as it is.
@@ -29,9 +29,16 @@ fi
 
 $PIP -e ".${EXTRAS:+[$EXTRAS]}"
 
-# mediapipe pins numpy<2/jax/opencv-contrib in its metadata, none of which it needs here:
-# its dependencies come from the `detect` extra instead (see setup.py).
+# The person detector: mediapipe's release with a bundled pose model, whose metadata pins packages that
+# conflict with tensorboard (protobuf<5, numpy<2, jax): installed with --no-deps on top of the `detect`
+# extra (setup.py). It has wheels up to CPython 3.12; on a later Python the rest installs without it.
 if [[ ",$EXTRAS," == *",dev,"* || ",$EXTRAS," == *",detect,"* ]]; then
-  $PIP --no-deps mediapipe==0.10.21
+  MEDIAPIPE=$(sed -n 's/^MEDIAPIPE_RELEASE = "\(.*\)"$/\1/p' uniemox/data/detector.py)
+  if $PY -c 'import sys; sys.exit(sys.version_info[:2] > (3, 12))'; then
+    $PIP --no-deps "mediapipe==$MEDIAPIPE"
+  else
+    echo "[install] mediapipe $MEDIAPIPE has no wheel for Python $($PY -c 'import platform; print(platform.python_version())')" \
+         "(wheels up to 3.12): make_shards needs --detector torchvision or none here, and the tests that need it are skipped" >&2
+  fi
 fi
 echo "[install] done: $($PY -c 'import torch, uniemox; print("uniemox", uniemox.__version__, "torch", torch.__version__)')"

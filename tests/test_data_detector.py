@@ -1,4 +1,8 @@
 """Person detectors on real images: mediapipe (bundled model, offline) and torchvision."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import skimage.data
@@ -6,20 +10,13 @@ import torch
 from matplotlib import cbook
 from PIL import Image
 
-from uniemox.data.detector import TorchvisionPersonDetector, build_detector
+from uniemox.data.detector import MEDIAPIPE_RELEASE, TorchvisionPersonDetector, build_detector
 from uniemox.errors import UserError
+from subprocesses import child_env
 
 
 def _grace_hopper():
     return np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))
-
-
-@pytest.fixture(scope="module")
-def mediapipe_detector():
-    pytest.importorskip("mediapipe")
-    det = build_detector("mediapipe")
-    yield det
-    det.close()
 
 
 @pytest.mark.parametrize("name,face", [("astronaut", (250, 150)), ("grace_hopper", (260, 220))])
@@ -64,3 +61,21 @@ def test_detector_bad_input(tmp_path):
         build_detector("yolo")
     with pytest.raises(UserError, match="only for|is for the torchvision"):
         build_detector("mediapipe", str(tmp_path / "junk.pt"))
+
+
+def test_a_mediapipe_without_the_pose_solution_is_refused_in_one_line(tmp_path):
+    """Releases after 0.10.21 (what `pip install mediapipe` gives, and all Python 3.13 can get) have no
+    bundled pose model: make_shards names the install command instead of an AttributeError."""
+    site = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--disable-pip-version-check",
+                          "--target", str(site), "mediapipe==0.10.35"], capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    (tmp_path / "src" / "person").mkdir(parents=True)
+    Image.fromarray(skimage.data.astronaut()).save(tmp_path / "src" / "person" / "astronaut.jpg")
+    proc = subprocess.run([sys.executable, "-m", "uniemox.launch.make_shards", str(tmp_path / "src"),
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+                          env=child_env({"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in proc.stderr
+    assert f"needs mediapipe {MEDIAPIPE_RELEASE}" in line and "bash launch/install.sh detect" in line

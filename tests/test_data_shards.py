@@ -15,11 +15,9 @@ from uniemox.data.photos import write_photos
 from uniemox.data.prompts import build_prompt
 from uniemox.data.transforms import crop_person
 
-pytest.importorskip("mediapipe")
-
 
 @pytest.fixture(scope="module")
-def real_shards(tmp_path_factory):
+def real_shards(tmp_path_factory, mediapipe_detector):
     """person/{astronaut, grace_hopper}, thing/{chelsea, coffee} + one unreadable file, sharded
     with the mediapipe detector in 2 worker processes."""
     root = tmp_path_factory.mktemp("real")

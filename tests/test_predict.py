@@ -50,12 +50,10 @@ def photos(tmp_path_factory):
     return root
 
 
-def test_person_view_averages_scene_and_person_crop(model_dir, photos):
-    from uniemox.data.detector import build_detector
+def test_person_view_averages_scene_and_person_crop(model_dir, photos, mediapipe_detector):
     model, _ = tm.create_from_export(str(model_dir))
-    detector = build_detector("mediapipe")
     paths = [str(photos / "astronaut.jpg"), str(photos / "chelsea.png"), str(photos / "broken.jpg")]
-    views = list(load_views(paths, 32, detector))
+    views = list(load_views(paths, 32, mediapipe_detector))
     scorer = classifier_scorer(str(model_dir), torch.device("cpu"), person_view=True)
     assert scorer.classes == CLASSES and scorer.image_size == 32 and not scorer.multi_label
     rows = predict_views(scorer.score, views, CLASSES, top_k=4)

@@ -24,8 +24,10 @@ from uniemox.errors import UserError
 
 # What DeepSpeed's checkpoint files hold besides tensors and containers (read off real ZeRO-0/1/2/3,
 # fp32 and bf16, with and without optimizer offload, DeepSpeed 0.19: torch.serialization's
-# get_unsafe_globals_in_checkpoint), and the fp16 engines' dynamic loss scaler.
-DEEPSPEED_TYPES = ("deepspeed.runtime.fp16.loss_scaler.LossScaler",
+# get_unsafe_globals_in_checkpoint), and the fp16 engines' dynamic loss scaler. Their model states hold
+# a set, which torch 2.6+ allows by itself and torch 2.5 only when named.
+DEEPSPEED_TYPES = ("builtins.set",
+                   "deepspeed.runtime.fp16.loss_scaler.LossScaler",
                    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
                    "deepspeed.utils.tensor_fragment.fragment_address",
                    "deepspeed.runtime.zero.config.ZeroStageEnum")

@@ -158,8 +158,8 @@ if ((SMOKE)); then
   export PYTHONPATH=$WORK/src${PYTHONPATH:+:$PYTHONPATH}
 else
   unset TRITON_INTERPRET  # the kernels must compile for the GPU, not run in the interpreter
-  # the wheels the GPU image lacks, as ../shared/gpu/wheels.sh's header says
-  run_step install bash -c "[[ -d .whl ]] || { echo 'no .whl/ here: carry [\".whl\"] (bash ../shared/gpu/wheels.sh)'; exit 2; }
+  # the wheels the GPU image lacks: benchmarks/gpu/wheels.sh fetched them on a machine with network
+  run_step install bash -c "[[ -d .whl ]] || { echo 'no .whl/ here: carry [\".whl\"] (bash benchmarks/gpu/wheels.sh)'; exit 2; }
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE .whl/*.whl"
   export PYTHONPATH=$WORK/src:$SITE
 fi

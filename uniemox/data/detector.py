@@ -20,6 +20,12 @@ from ..errors import UserError
 Detection = Optional[Tuple[List[float], float]]
 DETECTORS = ("none", "mediapipe", "torchvision")
 COCO_PERSON = 1
+# The last mediapipe release with the legacy pose solution and its model inside the wheel (later
+# releases download their models); wheels up to CPython 3.12. pip cannot install it as a dependency
+# (its metadata pins protobuf<5 and numpy<2), hence --no-deps on top of the 'detect' extra.
+MEDIAPIPE_RELEASE = "0.10.21"
+INSTALL_MEDIAPIPE = (f"run `bash launch/install.sh detect` (or `pip install \".[detect]\" && "
+                     f"pip install --no-deps mediapipe=={MEDIAPIPE_RELEASE}`; Python up to 3.12)")
 
 
 class MediapipePersonDetector:
@@ -28,9 +34,11 @@ class MediapipePersonDetector:
     def __init__(self, min_confidence: float = 0.5, mask_threshold: float = 0.5):
         try:
             import mediapipe as mp
-        except ImportError as e:
-            raise UserError(f"detector 'mediapipe' needs mediapipe ({e}); install the 'detect' extra "
-                            "(launch/install.sh) or pass --detector none") from None
+            mp.solutions.pose  # noqa: B018 - releases after 0.10.21 have no bundled pose solution
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"detector 'mediapipe' needs mediapipe {MEDIAPIPE_RELEASE} with its bundled pose "
+                            f"model ({type(e).__name__}: {e}): {INSTALL_MEDIAPIPE}, or pass --detector "
+                            "torchvision or none") from None
         self.version = mp.__version__
         self.mask_threshold = mask_threshold
         self.pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1,
