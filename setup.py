@@ -8,7 +8,7 @@ from setuptools import find_packages, setup
 VERSION = "0.1.0"
 
 # mediapipe 0.10.21 pins numpy<2, jax and opencv-contrib in its metadata; launch/install.sh
-# installs it with --no-deps plus the packages below (DESIGN.md, verified together).
+# installs it with --no-deps plus the packages below (verified together; README.md, Install).
 DETECT = ["absl-py", "attrs", "flatbuffers", "protobuf>=4.25.3,<5",
           "opencv-python-headless<5", "matplotlib", "sounddevice"]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU half of the design card in one call (issue 18): on a lent GPU machine, install the
+# The GPU measurements in one call: on a lent GPU machine, install the
 # carried wheels, record the environment, then run every measurement under its own time-out
 # so that one failure does not lose the rest; everything goes under OUTDIR, and
 # OUTDIR/summary.json says how each step ended, with its key numbers. docs/gpu.md says how.
@@ -24,7 +24,7 @@ TOTAL_GPU=480    # the issue's ~8 minutes; the device tool's command limit is 60
 TOTAL_SMOKE=600  # never binding on the CPU unless something hangs
 MIN_STEP_S=15    # a step with less time left than this is not started
 
-# the step benchmark's eager vs torch.compile grid dimension (issue 17; eager cases run first):
+# the step benchmark's eager vs torch.compile grid dimension (eager cases run first):
 # passed where `benchmark.py step --help` lists --compile
 COMPILE_MODES="eager,compiled"
 
@@ -153,8 +153,8 @@ if ((SMOKE)); then
   export PYTHONPATH=$WORK/src${PYTHONPATH:+:$PYTHONPATH}
 else
   unset TRITON_INTERPRET  # the kernels must compile for the GPU, not run in the interpreter
-  # the wheels the GPU image lacks, as ../shared/gpu/wheels.sh's header says
-  run_step install bash -c "[[ -d .whl ]] || { echo 'no .whl/ here: carry [\".whl\"] (bash ../shared/gpu/wheels.sh)'; exit 2; }
+  # the wheels the GPU image lacks, as benchmarks/gpu/wheels.sh's header says
+  run_step install bash -c "[[ -d .whl ]] || { echo 'no .whl/ here: carry [\".whl\"] (bash benchmarks/gpu/wheels.sh)'; exit 2; }
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE .whl/*.whl"
   export PYTHONPATH=$WORK/src:$SITE
 fi
