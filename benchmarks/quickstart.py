@@ -11,8 +11,8 @@ after: the figures are only as quiet as the machine was), the versions and the d
 
 ``--source DIR`` measures another checkout of the project in place (``git worktree add DIR
 COMMIT``), with its own package first on the path; its ``kernels/`` folder is linked into its
-package as ``uniemox/kernels`` when it is not there (what ``setup.py``'s package_dir does on
-install). Back to back with the default source, that compares two versions on the same machine.
+package as ``uniemox/kernels`` for the run (what ``setup.py``'s package_dir does on install), then
+unlinked. Back to back with the default source, that compares two versions on the same machine.
 """
 import argparse
 import json
@@ -77,8 +77,20 @@ def summarise(metrics_path: str) -> dict:
 
 
 def measure(source: str) -> dict:
-    if not os.path.isdir(os.path.join(source, "uniemox", "kernels")) and os.path.isdir(os.path.join(source, "kernels")):
-        os.symlink(os.path.join("..", "kernels"), os.path.join(source, "uniemox", "kernels"))
+    # another checkout runs in place: its kernels/ must import as uniemox.kernels (this repository's
+    # do through the install); the link is removed after the run
+    link = os.path.join(source, "uniemox", "kernels")
+    linked = source != REPO and not os.path.exists(link) and os.path.isdir(os.path.join(source, "kernels"))
+    if linked:
+        os.symlink(os.path.join("..", "kernels"), link)
+    try:
+        return _timed_run(source)
+    finally:
+        if linked:
+            os.remove(link)
+
+
+def _timed_run(source: str) -> dict:
     run_dir = tempfile.mkdtemp(prefix="quickstart-")
     env = dict(os.environ, PYTHONPATH=source + os.pathsep + os.environ.get("PYTHONPATH", ""))
     command = COMMAND[:1] + ["--master_port", str(free_port())] + COMMAND[1:] + ["--run-dir", run_dir]
