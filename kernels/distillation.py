@@ -1,4 +1,4 @@
-"""Distillation losses of METHOD §2 (L2 similarity and L1 contrastive similarity).
+"""Distillation losses of docs/method.md#losses (L2 similarity and L1 contrastive similarity).
 
 g, o, t are the L2-normalised student (fused token), teacher image and teacher text
 embeddings. L2 = 1 - mean_i cos(g_i, o_i). With A = g t^T and C = o t^T (CLIP's logit

@@ -1,4 +1,4 @@
-"""MAE pixel reconstruction loss (METHOD §2, L3) on the removed patches only."""
+"""MAE pixel reconstruction loss (docs/method.md#losses, L3) on the removed patches only."""
 import torch
 
 from .constants import NORM_PIX_EPS

@@ -11,7 +11,7 @@
         --arch img_size=64,depth=2,decoder_depth=1 --batch 4 --zero 0 --warmup 1 --steps 3   # CPU smoke run
     python launch/benchmark.py loader --shards DIR --workers 0,4,8,16      # the loader's own ceiling
     python launch/benchmark.py memory --gpu-gib 80      # activations per sample, +/- checkpointing
-    python launch/benchmark.py checkpoint --model uniemox_vit_large_patch16 --dir /shared/ckpt   # bytes, seconds
+    python launch/benchmark.py checkpoint --model uniemox_vit_large_patch16 --dir /mnt/ckpt   # bytes, seconds
     python launch/benchmark.py scaling --mfu 0.3 --target-hours 24   # a run's needs on paper (docs/scaling.md)
 
 Each run writes its results (benchmarks/results/ unless --out: JSON; step and loader also CSV

@@ -1,4 +1,4 @@
-"""UniEmoX fine-tuning and linear probing (METHOD §5), DeepSpeed like pretraining.
+"""UniEmoX fine-tuning and linear probing (docs/method.md#fine-tuning), DeepSpeed like pretraining.
 
     deepspeed launch/finetune.py --deepspeed configs/zero2.json --init runs/sample/export   # sample set
     deepspeed launch/finetune.py --init runs/sample/export --linear-probe                    # MAE's probe

@@ -36,9 +36,9 @@ def parse_args(argv=None):
     p.add_argument("--teacher-weights", help="CLIP weights file for the text side of --zero-shot")
     p.add_argument("--teacher-model", help="open_clip model name of the teacher (default: the pretraining run's)")
     p.add_argument("--teacher-pretrained", help="open_clip pretrained tag of the teacher")
-    p.add_argument("--templates", help="prompt templates of --zero-shot: method (default: METHOD's caption "
-                                       "sentence), emotion (a prompt ensemble), or a file (one template a line, "
-                                       "{} for the class)")
+    p.add_argument("--templates", help="prompt templates of --zero-shot: method (default: the caption "
+                                       "template's emotion sentence), emotion (a prompt ensemble), or a file "
+                                       "(one template a line, {} for the class)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--person-view", action="store_true", help="also score the detector's crop of the main person")

@@ -1,5 +1,5 @@
 """Train or adapt a CLIP teacher: contrastive image-text training (CLIP's symmetric InfoNCE with a
-learned temperature) of an open_clip model on captioned shards (METHOD §1 captions built from each
+learned temperature) of an open_clip model on captioned shards (docs/method.md#pretraining captions built from each
 sample's attributes and emotion), the scene view as the image.
 
     python launch/train_teacher.py                      # the tiny teacher on the embedded sample set

@@ -1,4 +1,4 @@
-"""Dataset readers, the splits of METHOD §5, and bad input (one line, exit code 2)."""
+"""Dataset readers, the splits of docs/method.md#fine-tuning, and bad input (one line, exit code 2)."""
 import json
 import os
 import subprocess

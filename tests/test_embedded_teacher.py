@@ -51,7 +51,7 @@ def test_zero_shot_emotion_on_the_sample_val_split_is_well_above_chance(teacher,
 
 
 def test_images_match_their_own_class_captions(teacher, val_urls):
-    """What the main job distils: an image is closer to the full METHOD §1 captions of its own
+    """What the main job distils: an image is closer to the full docs/method.md#pretraining captions of its own
     class than to the other classes' (class of the nearest caption in a batch of 64)."""
     loader = build_pretrain_loader(val_urls, batch_size=64, num_workers=1, image_size=64, shuffle_buffer=64)
     batch = next(iter(loader))

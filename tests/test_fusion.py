@@ -1,4 +1,4 @@
-"""Fusion variants of METHOD §3: shapes, gradients, formula against a by-hand computation."""
+"""Fusion variants of docs/method.md#fusion: shapes, gradients, formula against a by-hand computation."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -59,7 +59,7 @@ def test_the_teachers_ensemble_is_the_mean_of_its_normalised_prompts(teacher):
     for i, c in enumerate(classes):
         a, b = (F.normalize(teacher.encode_text([t.format(c)]), dim=-1)[0] for t in TWO)
         torch.testing.assert_close(w[i], F.normalize((a + b) / 2, dim=0))
-    # the default is the METHOD sentence alone: one prompt, its normalised embedding
+    # the default is the caption template's emotion sentence alone: one prompt, its normalised embedding
     method = class_text_embeddings(teacher, classes)
     torch.testing.assert_close(method, F.normalize(teacher.encode_text([emotion_prompt(c) for c in classes]), dim=-1))
     assert not torch.allclose(w, method, atol=1e-3)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU half of the design card in one call (issue 18): on a lent GPU machine, install the
+# The GPU measurements in one call: on a lent GPU machine, install the
 # carried wheels, record the environment, then run every measurement under its own time-out
 # so that one failure does not lose the rest; everything goes under OUTDIR, and
 # OUTDIR/summary.json says how each step ended, with its key numbers. docs/gpu.md says how.
@@ -25,7 +25,7 @@ TOTAL_GPU=480    # the issue's ~8 minutes; the device tool's command limit is 60
 TOTAL_SMOKE=600  # never binding on the CPU unless something hangs
 MIN_STEP_S=15    # a step with less time left than this is not started
 
-# the step benchmark's eager vs torch.compile grid dimension (issue 17; eager cases run first):
+# the step benchmark's eager vs torch.compile grid dimension (eager cases run first):
 # passed where `benchmark.py step --help` lists --compile
 COMPILE_MODES="eager,compiled"
 

@@ -1,10 +1,11 @@
 """Where the step benchmark's batches come from, and the per-step masking noise.
 
 * ``synthetic``: a few random image batches made once (pinned on CUDA) and cycled, with
-  prompts built per step by METHOD's template. ``prompt_pool=0`` (default) makes every
-  prompt of the run distinct, so the teacher's prompt cache never hits (the cautious case
-  for ``ours``); ``prompt_pool=N`` draws prompts from N distinct ones (e.g. 8: the
-  emotion-only captions of datasets without attributes, where the cache always hits).
+  prompts built per step by the caption template (docs/method.md#pretraining).
+  ``prompt_pool=0`` (default) makes every prompt of the run distinct, so the teacher's prompt
+  cache never hits (the cautious case for ``ours``); ``prompt_pool=N`` draws prompts from N
+  distinct ones (e.g. 8: the emotion-only captions of datasets without attributes, where the
+  cache always hits).
 * ``shards``: the real reader (``uniemox.data.build_pretrain_loader``) over
   WebDataset shards, resampled so it never ends; decoding and augmentation happen in its
   workers, so the data-loading share of the step is real.

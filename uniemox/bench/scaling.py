@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="uniemox_vit_base_patch16,uniemox_vit_large_patch16,"
                                            "uniemox_vit_huge_patch14",
                         help="pretrainer architectures, comma-separated")
-    parser.add_argument("--mask-ratio", type=float, default=0.75, help="MAE mask ratio (METHOD.md default)")
+    parser.add_argument("--mask-ratio", type=float, default=0.75, help="MAE mask ratio (MAE's default)")
     parser.add_argument("--teacher", default="ViT-B-16", help="open_clip config of the frozen CLIP teacher")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of one GPU "
                         "(H100/H200 SXM: 989)")

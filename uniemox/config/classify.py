@@ -1,4 +1,4 @@
-"""The fine-tuning / linear-probe run config (METHOD §5). Saved as config.yaml in the run
+"""The fine-tuning / linear-probe run config (docs/method.md#fine-tuning). Saved as config.yaml in the run
 directory. The recipes that fill it are YAML files in configs/: finetune_release.yaml (the
 release's recipe) or linear_probe_mae.yaml (MAE's; probe_grid.yaml on top for a grid of probes), and
 finetune_sample.yaml / linear_probe_sample.yaml / probe_grid_sample.yaml for the embedded sample set

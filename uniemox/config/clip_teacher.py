@@ -41,7 +41,8 @@ class ClipLossConfig:
     global_negatives: bool = True
     # open_clip's --local-loss and --gather-with-grad, both on as in open_clip's large runs: each
     # rank holds [B_local, B_global] logits (linear memory) and the averaged gradient is that of
-    # the global loss. local_loss needs gather_with_grad (open_clip issue #616)
+    # the global loss. local_loss needs gather_with_grad:
+    # https://github.com/mlfoundations/open_clip/issues/616
     local_loss: bool = True
     gather_with_grad: bool = True
 
@@ -52,7 +53,7 @@ class ZeroShotEvalConfig:
     classes: Optional[List[str]] = None       # class names in label order; none: from the shards' manifest
     every: int = bounded(0, lo=-1)            # steps between evaluations (0: at the end only, -1: never)
     batch_size: int = bounded(64, lo=1)
-    # prompts of each class: method (METHOD's caption sentence), emotion (an ensemble of 8
+    # prompts of each class: method (the caption template's emotion sentence), emotion (an ensemble of 8
     # phrasings), or a file of templates (one a line, {} for the class name)
     templates: str = "method"
 

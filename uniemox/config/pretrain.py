@@ -1,5 +1,6 @@
-"""The pretraining run config (METHOD §1-2, §5 defaults): the shared sections plus the student
-(``model``) and the frozen CLIP teacher (``teacher``). Saved as config.yaml in the run directory."""
+"""The pretraining run config (docs/method.md#pretraining and #losses; defaults:
+docs/method.md#data-and-settings): the shared sections plus the student (``model``) and the frozen
+CLIP teacher (``teacher``). Saved as config.yaml in the run directory."""
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 

@@ -1,7 +1,8 @@
 """The sections every training task shares: data (shard streams), optimisation, training,
-logging, checkpoints. Defaults are the paper's pretraining settings (METHOD §5); a task's config
-changes a default where its recipe differs (e.g. CLIP's betas for teacher training). Every
-numeric field declares its allowed range beside its default (``bounded``)."""
+logging, checkpoints. Defaults are the paper's pretraining settings
+(docs/method.md#data-and-settings); a task's config changes a default where its recipe differs
+(e.g. CLIP's betas for teacher training). Every numeric field declares its allowed range beside
+its default (``bounded``)."""
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 

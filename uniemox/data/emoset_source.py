@@ -1,5 +1,5 @@
-"""EmoSet-118K as it unpacks (JingyuanYY/EmoSet README and issue #2; chincharles/u-emo
-``datasets/build_dataset.py``):
+"""EmoSet-118K as it unpacks (JingyuanYY/EmoSet README and
+https://github.com/JingyuanYY/EmoSet/issues/2; chincharles/u-emo ``datasets/build_dataset.py``):
 
     ROOT/info.json   ROOT/{train,val,test}.json   ROOT/image/EMO/EMO_N.jpg   ROOT/annotation/EMO/EMO_N.json
 

@@ -24,7 +24,7 @@ class ShardLoader:
 
     pretrain mode batches: scene [B,3,S,S] uint8, person [B,3,S,S] uint8 (unnormalised:
     `uniemox.data.transforms.model_input` normalises them on the device), label int64 [B],
-    text list[str] (METHOD §1 prompt), key list[str], has_person bool [B].
+    text list[str] (docs/method.md#pretraining prompt), key list[str], has_person bool [B].
     train/eval mode batches: image [B,3,S,S] uint8 (normalised on the device, as above), label,
     key (and targets [B,C] with num_classes); ``view_transform`` (PIL image, random.Random) ->
     uint8 tensor replaces the reader's own single-view transform (fine-tuning passes its

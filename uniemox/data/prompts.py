@@ -1,4 +1,4 @@
-"""The caption template of METHOD §1, built from a sample's attributes and emotion label.
+"""The caption template of docs/method.md#pretraining, built from a sample's attributes and emotion label.
 
 Parts are joined by spaces; absent attributes are skipped; the emotion sentence is
 always present. EmoSet's attribute names are accepted as they are in its annotations
@@ -37,7 +37,7 @@ def _fmt(value) -> str:
     return str(value)
 
 
-EMOTION_TEMPLATE = "The overall emotion conveyed is {}."  # METHOD §1's emotion sentence
+EMOTION_TEMPLATE = "The overall emotion conveyed is {}."  # docs/method.md#pretraining: emotion sentence
 
 # Zero-shot prompt sets (open_clip's templates: "{}" is where the class name goes). "method": the
 # caption's own sentence, what teachers are trained on; "emotion": phrasings of the same question

@@ -141,7 +141,7 @@ def count_classes(urls: Sequence[str]) -> Optional[int]:
 
 
 def prompt_of(meta: Dict) -> str:
-    """METHOD §1 text; a multi-label sample names all its emotions ("a, b and c")."""
+    """docs/method.md#pretraining text; a multi-label sample names all its emotions ("a, b and c")."""
     names = meta.get("label_names") or [meta["label_name"]]
     emotion = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     return build_prompt(str(emotion), meta.get("attributes") or {})

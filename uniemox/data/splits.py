@@ -1,4 +1,4 @@
-"""Seeded, reproducible train/val/test splits of METHOD §5, one preset per dataset.
+"""Seeded, reproducible train/val/test splits of docs/method.md#fine-tuning, one preset per dataset.
 
 A split is drawn per group (a class, or a (class, sub-folder) pair for UnBiasedEmo):
 the group's items are sorted by path, shuffled with ``random.Random(f"{seed}:{group}")``

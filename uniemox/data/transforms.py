@@ -1,4 +1,4 @@
-"""The two views of METHOD §1 and the evaluation view, driven by an explicit RNG.
+"""The two views of docs/method.md#pretraining and the evaluation view, driven by an explicit RNG.
 
 scene view: RandomResizedCrop(S, scale=(0.2, 1.0), ratio=(3/4, 4/3), bicubic), horizontal
 flip with p=0.5, ImageNet mean/std. person view: the crop of person_box, then the same

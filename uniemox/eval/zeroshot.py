@@ -4,7 +4,7 @@ Pretraining pulls the fused token gamma = Fusion(alpha, beta) towards the teache
 embedding and makes its similarities to caption embeddings match the teacher's, so gamma
 lives in the teacher's text space. A class c is scored by the teacher's embeddings of prompts
 of its name (open_clip's zero-shot classifier: the normalised mean over the templates t_k, by
-default METHOD's caption sentence "The overall emotion conveyed is {c}." alone):
+default the caption template's emotion sentence "The overall emotion conveyed is {c}." alone):
 
     w_c = normalise(mean_k normalise(teacher.encode_text(t_k(c))))
     g   = normalise(gamma(image))      alpha = P(LN(cls(scene))), beta = P(LN(cls(person)))

@@ -2,16 +2,21 @@
 variants (none and the five), each cell pretrained, exported, then scored by fine-tuning, the
 probe grid (the head chosen on val, scored on test) and zero-shot, on a shard set (the embedded sample set by default, at tiny sizes).
 
-Every step is the project's own entry point, run as a process of its own (its own process group,
-its own failure): a cell's result is written (``CELL/result.json``) only once all of it is
+Every stage is the project's own entry point, run as a process of its own (its own process group,
+its own failure); the training stages (pretraining, fine-tuning, the probe grid) run under
+DeepSpeed's launcher with the grid's launcher arguments (ranks per node, nodes, port). A stage is
+finished once the file it writes last exists (the final checkpoint's marker, the export's config,
+the test scores); a cell's result (``CELL/result.json``) is written only once all of it is
 measured, and the table (``ablation.csv``, ``ablation.md``) and plot (``ablation.png``) are
-rewritten after every cell. A run cut short keeps what it measured; run the same command again
-and it continues with the cells that have no result.
+rewritten after every cell. A run cut short keeps what it measured: run the same command again and
+it skips finished cells and stages, and a training stage cut short continues from its last
+checkpoint (``--resume auto``).
 """
 import csv
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -20,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 
 from uniemox.errors import UserError
 from uniemox.io import atomic_write_json, atomic_write_text
+from uniemox.train.checkpoint import MARKER
 
 LOSSES = {"l3": "reconstruction", "l3+l2": "reconstruction,similarity", "l3+l1": "reconstruction,contrastive",
           "l3+l2+l1": "all"}
@@ -35,6 +41,7 @@ class Settings:
     probe_steps: int = 40
     pretrain: Sequence[str] = ()   # section.key=value overrides of every pretraining run
     downstream: Sequence[str] = ()  # ... of every fine-tuning and probe run
+    launcher: Sequence[str] = ("--num_gpus", "1")  # DeepSpeed launcher arguments of every training stage
 
 
 @dataclass
@@ -55,14 +62,55 @@ def grid(losses: Sequence[str], fusions: Sequence[str]) -> List[Cell]:
     return [Cell(loss, fusion) for loss in losses for fusion in fusions]
 
 
-def _run(args: List[str], log: Path) -> None:
-    """One entry point as a process of its own; its output goes to ``log``; a failure is one line."""
+@dataclass
+class Stage:
+    """One step of a cell: an entry point run as a process of its own, finished once ``done`` exists."""
+    name: str                      # its log: CELL/<name>.log
+    args: List[str]                # python -m <module> <flags>
+    done: Path                     # the file the stage writes last; a stage that has it is not run again
+    trains: bool = False           # a training run: under DeepSpeed's launcher, continued with --resume auto
+
+
+def visible_gpus() -> int:
+    """The launcher's default rank count: every visible GPU, one rank on a machine without."""
+    import torch
+    return torch.cuda.device_count() or 1
+
+
+def stage_command(stage: Stage, launcher: Sequence[str]) -> List[str]:
+    """A training stage runs under DeepSpeed's launcher (its ranks, nodes and port from ``launcher``)
+    and continues its own checkpoints; the others are one plain process."""
+    if stage.trains:
+        return [sys.executable, "-m", "deepspeed.launcher.runner", *launcher, "--module", stage.args[0],
+                *stage.args[1:], "--resume", "auto"]
+    return [sys.executable, "-m", *stage.args]
+
+
+def _last_error(text: str) -> str:
+    """The stage's own ``error:`` line when it wrote one (the launcher prints its exit status after)."""
+    lines = text.strip().splitlines() or ["(no output)"]
+    return next((x for x in reversed(lines) if x.startswith("error:")), lines[-1])
+
+
+def _run(stage: Stage, where: Path, launcher: Sequence[str]) -> None:
+    """Run ``stage`` unless it is finished; its output is appended to its log; a failure is one line."""
+    if stage.done.is_file():
+        return
+    command = stage_command(stage, launcher)
+    log = where / f"{stage.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w", encoding="utf-8") as out:
-        proc = subprocess.run([sys.executable, "-m"] + args, stdout=out, stderr=subprocess.STDOUT)
+    with open(log, "a", encoding="utf-8") as out:
+        out.write("$ " + " ".join(shlex.quote(x) for x in command) + "\n")
+        out.flush()
+        start = out.tell()
+        proc = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        last = log.read_text(encoding="utf-8").strip().splitlines()[-1:] or ["(no output)"]
-        raise UserError(f"{args[0]} failed (exit {proc.returncode}, log {log}): {last[0]}")
+        with open(log, encoding="utf-8", errors="replace") as f:
+            f.seek(start)
+            last = _last_error(f.read())
+        raise UserError(f"{stage.args[0]} failed (exit {proc.returncode}, log {log}): {last}")
+    if not stage.done.is_file():
+        raise UserError(f"{stage.args[0]} ended without writing {stage.done} (log {log})")
 
 
 def _top1(path: Path) -> float:
@@ -77,33 +125,45 @@ def eval_data(settings: Settings) -> str:
     return ensure_sample_shards()
 
 
+def cell_stages(cell: Cell, where: Path, settings: Settings) -> List[Stage]:
+    """Pretrain, export, fine-tune, probe and score zero-shot: each stage's command and the file that
+    says it is finished."""
+    quiet = ["log.progress=false"]
+    pre, export, zero_shot = where / "pretrain", where / "export", where / "zero_shot"
+    data = ["--data", settings.data] if settings.data else []  # none: each entry point's sample recipe
+    checkpoint = pre / "checkpoints" / f"step_{settings.pretrain_steps:08d}"
+    stages = [
+        Stage("pretrain", ["uniemox.launch.pretrain", "--run-dir", str(pre)]
+              + ([f"data.shards={settings.data}"] if settings.data else [])
+              + [f"model.losses={LOSSES[cell.losses]}", f"model.fusion={cell.fusion}",
+                 f"optim.max_steps={settings.pretrain_steps}", "log.image_every=0", "checkpoint.every=0"]
+              + quiet + list(settings.pretrain), checkpoint / MARKER, trains=True),
+        Stage("export", ["uniemox.launch.pretrain", "--export", str(checkpoint), str(export)],
+              export / "config.json")]
+    for name, steps, extra in (("finetune", settings.finetune_steps, []),
+                               ("probe", settings.probe_steps, ["--probe-grid"])):
+        stages.append(Stage(name, ["uniemox.launch.finetune", *data, "--init", str(export), "--run-dir",
+                                   str(where / name), f"optim.max_steps={steps}", *extra] + quiet
+                            + list(settings.downstream), where / name / "eval" / "test.json", trains=True))
+    stages.append(Stage("zero_shot", ["uniemox.launch.predict", "--zero-shot", str(export), "--eval",
+                                      eval_data(settings), "--split", "test", "--out", str(zero_shot), "--format",
+                                      "json"], zero_shot / "test.json"))
+    return stages
+
+
 def run_cell(cell: Cell, out: Path, settings: Settings) -> Dict:
-    """Pretrain, export, fine-tune, probe and score zero-shot one cell; its result (cached)."""
+    """Every stage of one cell that is not finished yet; the cell's result (cached)."""
     where = out / cell.name
     done = where / "result.json"
     if done.is_file():
         return json.loads(done.read_text(encoding="utf-8"))
-    quiet = ["log.progress=false"]
-    pre = where / "pretrain"
-    data = ["--data", settings.data] if settings.data else []  # none: each entry point's sample recipe
-    _run(["uniemox.launch.pretrain", "--run-dir", str(pre)] + ([f"data.shards={settings.data}"] if settings.data else [])
-         + [f"model.losses={LOSSES[cell.losses]}", f"model.fusion={cell.fusion}",
-          f"optim.max_steps={settings.pretrain_steps}", "log.image_every=0", "checkpoint.every=0"]
-         + quiet + list(settings.pretrain), where / "pretrain.log")
-    checkpoint = pre / "checkpoints" / f"step_{settings.pretrain_steps:08d}"
-    _run(["uniemox.launch.pretrain", "--export", str(checkpoint), str(where / "export")], where / "export.log")
-    for name, steps, extra in (("finetune", settings.finetune_steps, []),
-                               ("probe", settings.probe_steps, ["--probe-grid"])):
-        _run(["uniemox.launch.finetune", *data, "--init", str(where / "export"), "--run-dir", str(where / name),
-              f"optim.max_steps={steps}", *extra] + quiet + list(settings.downstream), where / f"{name}.log")
-    zero_shot = where / "zero_shot"
-    _run(["uniemox.launch.predict", "--zero-shot", str(where / "export"), "--eval", eval_data(settings), "--split",
-          "test", "--out", str(zero_shot), "--format", "json"], where / "zero_shot.log")
-    losses = [json.loads(line) for line in open(pre / "metrics.jsonl", encoding="utf-8")]
+    for stage in cell_stages(cell, where, settings):
+        _run(stage, where, settings.launcher)
+    losses = [json.loads(line) for line in open(where / "pretrain" / "metrics.jsonl", encoding="utf-8")]
     result = dict(asdict(cell), pretrain_loss=losses[-1].get("loss/loss"),
                   finetune_top1=_top1(where / "finetune" / "eval" / "test.json"),
                   probe_top1=_top1(where / "probe" / "eval" / "test.json"),
-                  zero_shot_top1=_top1(zero_shot / "test.json"))
+                  zero_shot_top1=_top1(where / "zero_shot" / "test.json"))
     atomic_write_json(done, result)
     return result
 

@@ -1,4 +1,4 @@
-"""Fine-tuning augmentation (METHOD §5, the release's timm recipe).
+"""Fine-tuning augmentation (docs/method.md#fine-tuning, the release's timm recipe).
 
 In the reader's workers, per sample (``FinetuneAugment``, uint8 out): RandomResizedCrop
 (bicubic, scale ``train_scale``), horizontal flip, RandAugment (timm, e.g.

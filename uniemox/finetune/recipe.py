@@ -1,4 +1,4 @@
-"""The loss and optimizer of fine-tuning (METHOD §5).
+"""The loss and optimizer of fine-tuning (docs/method.md#fine-tuning).
 
 Loss: BCE with logits for multi-label heads; soft-target cross-entropy after mixup/cutmix
 (the mixed targets carry the label smoothing); label-smoothing cross-entropy; or plain

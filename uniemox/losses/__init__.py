@@ -1,4 +1,4 @@
-"""UniEmoX losses (METHOD §2), one file each; total = L1 + L2 + L3 with unit weights."""
+"""UniEmoX losses (docs/method.md#losses), one file each; total = L1 + L2 + L3 with unit weights."""
 from .clip_contrastive import clip_contrastive_loss
 from .components import LOSS_COMPONENTS, parse_components
 from .distillation import distillation_losses

@@ -3,7 +3,7 @@ from typing import FrozenSet, Iterable, Union
 
 from uniemox.errors import UserError
 
-# METHOD §2 names: L1 contrastive similarity, L2 similarity, L3 reconstruction.
+# docs/method.md#losses names: L1 contrastive similarity, L2 similarity, L3 reconstruction.
 LOSS_COMPONENTS = ("contrastive", "similarity", "reconstruction")
 _ALIASES = {"l1": "contrastive", "l2": "similarity", "l3": "reconstruction"}
 

@@ -1,4 +1,4 @@
-"""L2 (similarity) and L1 (contrastive similarity) distillation losses of METHOD §2.
+"""L2 (similarity) and L1 (contrastive similarity) distillation losses of docs/method.md#losses.
 
 g, o, t = L2-normalised student fused token, teacher image and teacher text embeddings.
   L2 = 1 - mean_i cos(g_i, o_i)

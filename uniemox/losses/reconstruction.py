@@ -1,4 +1,4 @@
-"""L3: MAE pixel reconstruction on the masked patches of the scene view (METHOD §2).
+"""L3: MAE pixel reconstruction on the masked patches of the scene view (docs/method.md#losses).
 
 The release sliced the decoder output with x[:, :1, :] (the CLS output) instead of
 x[:, 1:, :]; here the prediction is always the patch outputs, [N, L, p*p*3].

@@ -1,4 +1,4 @@
-"""Fusion of the scene token alpha and the person token beta into gamma (METHOD §3).
+"""Fusion of the scene token alpha and the person token beta into gamma (docs/method.md#fusion).
 
 Every variant maps (alpha [B, C], beta [B, C]) -> gamma [B, C] and is built by name with
 `build_fusion(name, dim, heads)`. The `none` variant returns alpha unchanged (the

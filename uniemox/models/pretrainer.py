@@ -1,4 +1,5 @@
-"""The UniEmoX pretraining module (METHOD §1-2): one shared encoder, two views, one fused token.
+"""The UniEmoX pretraining module (docs/method.md#pretraining and #losses): one shared encoder, two
+views, one fused token.
 
     alpha = P(LN(enc_cls(scene)))      beta = P(LN(enc_cls(person)))      gamma = Fusion(alpha, beta)
     L3 = masked pixel MSE of the scene view        (decoder on the scene view only)

@@ -1,4 +1,4 @@
-"""Named model sizes (METHOD §4) and the constructors that build them.
+"""Named model sizes (docs/method.md#model-sizes) and the constructors that build them.
 
 One name serves the pretrainer (encoder + MAE decoder + fusion) and the encoder alone
 (fine-tuning): ``create_pretrainer("uniemox_vit_base_patch16")``, ``create_encoder(...)``.

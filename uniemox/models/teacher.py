@@ -1,4 +1,4 @@
-"""The frozen CLIP teacher of METHOD §1: Omega = CLIP image embedding of the scene view,
+"""The frozen CLIP teacher of docs/method.md#pretraining: Omega = CLIP image embedding of the scene view,
 Lambda = CLIP text embedding of the sample's caption.
 
 Frozen means: no parameter requires grad, always eval, every forward under

@@ -1,6 +1,6 @@
-"""Classification (METHOD §5): fine-tuning the encoder with a head, or a linear probe on the frozen
-encoder, on a labelled shard set; validation picks the best weights (RUN_DIR/best, timm's layout),
-which are then scored on the test split."""
+"""Classification (docs/method.md#fine-tuning): fine-tuning the encoder with a head, or a linear
+probe on the frozen encoder, on a labelled shard set; validation picks the best weights
+(RUN_DIR/best, timm's layout), which are then scored on the test split."""
 import logging
 import os
 import random

@@ -1,5 +1,5 @@
 """Teacher training: contrastive image-text training (CLIP's symmetric InfoNCE, learned temperature)
-of an open_clip model on captioned shards (METHOD §1 captions), the scene view as the image. The
+of an open_clip model on captioned shards (docs/method.md#pretraining captions), the scene view as the image. The
 result is a CLIP weights file (safetensors + a JSON card) for the pretraining teacher."""
 import logging
 import os
@@ -63,7 +63,7 @@ class TeacherTask(Task):
         c = self.cfg.loss
         if c.global_negatives and c.local_loss and not c.gather_with_grad:
             raise UserError("loss.local_loss needs loss.gather_with_grad=true: without the gradient through the "
-                            "gather, the other ranks' terms of each embedding are lost (open_clip issue #616)")
+                            "gather, the other ranks' terms of each embedding are lost (open_clip issues/616)")
         world = self.run.world if c.global_negatives else 1
         return CappedClipLoss(self.run.rank if world > 1 else 0, world, c.local_loss, c.gather_with_grad)
 

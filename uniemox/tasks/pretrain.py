@@ -1,5 +1,6 @@
-"""Pretraining (METHOD §1-2): the student (one ViT encoder for the scene and person views, the
-MAE decoder, the fusion) learns masked reconstruction and distils from a frozen CLIP teacher."""
+"""Pretraining (docs/method.md#pretraining and #losses): the student (one ViT encoder for the scene
+and person views, the MAE decoder, the fusion) learns masked reconstruction and distils from a
+frozen CLIP teacher."""
 import json
 import logging
 import os
