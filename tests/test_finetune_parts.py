@@ -16,7 +16,6 @@ from uniemox.finetune.augment import FinetuneAugment
 from uniemox.finetune.heads import LinearProbe, load_init
 from uniemox.finetune.data import prepare_data, select_fraction
 from uniemox.finetune.recipe import build_criterion, param_groups
-from uniemox.finetune.lrd import layer_decay_groups
 
 TINY = dict(img_size=32, depth=3)
 
@@ -48,23 +47,6 @@ def test_label_fraction_is_stratified_and_reproducible(shards, tmp_path):
     assert sum(len(b["key"]) for b in loader) == 64
     with pytest.raises(UserError, match="label-fraction"):
         select_fraction(train, 1.5, 0)
-
-
-def test_layer_decay_scales():
-    model = create_encoder("uniemox_vit_tiny_patch16", num_classes=8, **TINY)
-    groups = layer_decay_groups(model, 0.05, 0.5)
-    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
-    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
-    params = dict(model.named_parameters())
-    # 3 blocks: embeddings 0.5^4, block i 0.5^(3 - i), head and fc_norm 1
-    assert scale[id(params["patch_embed.proj.weight"])] == 0.5 ** 4
-    assert scale[id(params["cls_token"])] == 0.5 ** 4
-    assert scale[id(params["blocks.0.attn.qkv.weight"])] == 0.5 ** 3
-    assert scale[id(params["blocks.2.mlp.fc2.bias"])] == 0.5
-    assert scale[id(params["head.weight"])] == scale[id(params["fc_norm.weight"])] == 1.0
-    assert decay[id(params["blocks.1.attn.qkv.weight"])] == 0.05 and decay[id(params["blocks.1.attn.qkv.bias"])] == 0
-    assert decay[id(params["cls_token"])] == 0.0
-    assert len(scale) == len(params)
 
 
 def _group_table(model, groups):
