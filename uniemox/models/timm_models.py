@@ -70,11 +70,8 @@ def _make_entrypoint(name: str):
         """timm's model kwargs: the architecture's fields are overrides of the registered size,
         the rest (dynamic_img_size, drop_path_rate, timm's own options) go to the class."""
         size = kwargs.get("img_size")
-        if isinstance(size, (tuple, list)):  # timm passes input_size[-2:]
-            if size[0] != size[1]:
-                raise ValueError(f"{name} is registered with square images, got img_size={tuple(size)} "
-                                 f"(dynamic_img_size=True takes any size at run time)")
-            kwargs["img_size"] = int(size[0])
+        if isinstance(size, (tuple, list)):  # timm passes input_size[-2:]; a square one as the registry's int
+            kwargs["img_size"] = int(size[0]) if size[0] == size[1] else tuple(size)
         for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args"):
             kwargs.pop(key, None)
         if kwargs.pop("in_chans", 3) != 3:
