@@ -112,7 +112,7 @@ def test_any_resolution(name):
     patch = model.patch_size
     wide = torch.randn(1, 3, 3 * patch, 5 * patch)
     fixed = _create(name, num_classes=3, img_size=(3 * patch, 5 * patch), dynamic_img_size=False).eval()
-    assert fixed.pretrained_cfg["input_size"] == (3, 3 * patch, 5 * patch)
+    assert fixed.pretrained_cfg["input_size"] == (3, 3 * patch, 5 * patch) and fixed.pretrained_cfg["fixed_input_size"]
     fixed.load_state_dict({k: v for k, v in model.state_dict().items() if k != "pos_embed"}, strict=False)
     torch.testing.assert_close(model(wide), fixed(wide), rtol=1e-5, atol=1e-6)
     with pytest.raises(AssertionError, match="Input height"):

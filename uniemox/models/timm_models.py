@@ -86,10 +86,13 @@ def _make_entrypoint(name: str):
         model = build_model_with_cfg(build, name, pretrained, pretrained_filter_fn=_filter,
                                      pretrained_strict=True,
                                      feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
-        if kwargs.get("img_size") is not None:  # the size it was built for is the one to preprocess to
+        # the config says what this model takes: one size unless dynamic, and the size it was built
+        # for is the one to preprocess to
+        truth = {"fixed_input_size": not kwargs["dynamic_img_size"]}
+        if kwargs.get("img_size") is not None:
             size = kwargs["img_size"]
-            size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-            model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, input_size=(3, *size))
+            truth["input_size"] = (3, *(tuple(size) if isinstance(size, (tuple, list)) else (size, size)))
+        model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, **truth)
         return model
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
