@@ -189,7 +189,8 @@ def test_bf16_best_weights_are_the_fp32_master_weights(tmp_path, stage):
 @pytest.mark.parametrize("size", [64, 32])
 def test_a_checkpoint_fine_tunes_and_predicts_at_another_image_size(tmp_path, size):
     """A 48 px encoder fine-tuned at 64 px and at 32 px (the data read at that size, the sin-cos
-    table generated for that grid), exported, and predicting at that size as evaluation did."""
+    table generated for that grid), exported, predicting at that size as evaluation did, and at
+    48 px through timm."""
     from safetensors.torch import save_file
 
     from uniemox.models import create_encoder
@@ -209,3 +210,7 @@ def test_a_checkpoint_fine_tunes_and_predicts_at_another_image_size(tmp_path, si
     proc = ok(run(PREDICT, ["--model", str(run_dir / "best"), str(image), "--format", "json", "--top-k", "3"]))
     predicted = json.loads(proc.stdout)[0]
     assert [t["prob"] for t in predicted["top"]] == pytest.approx([t["prob"] for t in evaluated["top"]], abs=1e-5)
+    # and as a timm model it takes the checkpoint's size too (its own table for that grid)
+    from uniemox.models.timm_models import create_from_export
+    model, _ = create_from_export(str(run_dir / "best"))
+    assert model.pretrained_cfg["input_size"] == (3, size, size) and model(torch.randn(1, 3, 48, 48)).shape == (1, 3)
