@@ -16,7 +16,6 @@ from uniemox.finetune.augment import FinetuneAugment
 from uniemox.finetune.heads import LinearProbe, load_init
 from uniemox.finetune.data import prepare_data, select_fraction
 from uniemox.finetune.recipe import build_criterion, param_groups
-from uniemox.finetune.lrd import layer_decay_groups
 
 TINY = dict(img_size=32, depth=3)
 
@@ -50,21 +49,30 @@ def test_label_fraction_is_stratified_and_reproducible(shards, tmp_path):
         select_fraction(train, 1.5, 0)
 
 
-def test_layer_decay_scales():
-    model = create_encoder("uniemox_vit_tiny_patch16", num_classes=8, **TINY)
-    groups = layer_decay_groups(model, 0.05, 0.5)
-    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
-    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
-    params = dict(model.named_parameters())
-    # 3 blocks: embeddings 0.5^4, block i 0.5^(3 - i), head and fc_norm 1
-    assert scale[id(params["patch_embed.proj.weight"])] == 0.5 ** 4
-    assert scale[id(params["cls_token"])] == 0.5 ** 4
-    assert scale[id(params["blocks.0.attn.qkv.weight"])] == 0.5 ** 3
-    assert scale[id(params["blocks.2.mlp.fc2.bias"])] == 0.5
-    assert scale[id(params["head.weight"])] == scale[id(params["fc_norm.weight"])] == 1.0
-    assert decay[id(params["blocks.1.attn.qkv.weight"])] == 0.05 and decay[id(params["blocks.1.attn.qkv.bias"])] == 0
-    assert decay[id(params["cls_token"])] == 0.0
-    assert len(scale) == len(params)
+def _group_table(model, groups):
+    """{frozenset of parameter names: (lr_scale, weight_decay)} of optimizer groups."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {frozenset(names[id(p)] for p in g["params"]): (g["lr_scale"], g["weight_decay"]) for g in groups}
+
+
+@pytest.mark.parametrize("global_pool,num_classes", [("avg", 8), ("token", 0)])
+def test_layer_decay_groups_are_the_rule_of_mae_and_beit(global_pool, num_classes):
+    """The fine-tuning optimizer's groups, parameter by parameter: layer 0 = the embeddings, layer
+    i + 1 = block i, layer L + 1 = what follows the blocks; one group per (layer, decay or not), lr
+    scale 0.75^(L + 1 - layer), weight decay on weight matrices only; frozen parameters in no group."""
+    model = create_encoder("uniemox_vit_tiny_patch16", num_classes=num_classes, global_pool=global_pool, **TINY)
+    model.blocks[1].norm1.weight.requires_grad_(False)
+    expected = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer = 0 if name.startswith(("cls_token", "patch_embed")) else \
+            int(name.split(".")[1]) + 1 if name.startswith("blocks.") else 4
+        decay = 0.05 if param.ndim > 1 and name != "cls_token" else 0.0
+        expected.setdefault((layer, decay), set()).add(name)
+    want = {frozenset(v): (0.75 ** (4 - layer), decay) for (layer, decay), v in expected.items()}
+    assert _group_table(model, param_groups(model, False, 0.05, 0.75)) == want
+    assert len(want) == (10 if num_classes else 9) and "blocks.1.norm1.weight" not in set().union(*want)
 
 
 def test_augmentation_is_a_function_of_the_sample_rng_and_leaves_global_rngs_alone():

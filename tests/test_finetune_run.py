@@ -184,3 +184,33 @@ def test_bf16_best_weights_are_the_fp32_master_weights(tmp_path, stage):
     assert trained.dtype == torch.float32
     rounded = trained.to(torch.bfloat16).float()
     assert (trained != rounded).float().mean() > 0.5  # fp32 values, not bf16 ones written as fp32
+
+
+@pytest.mark.parametrize("size", [64, 32])
+def test_a_checkpoint_fine_tunes_and_predicts_at_another_image_size(tmp_path, size):
+    """A 48 px encoder fine-tuned at 64 px and at 32 px (the data read at that size, the sin-cos
+    table generated for that grid), exported, predicting at that size as evaluation did, and at
+    48 px through timm."""
+    from safetensors.torch import save_file
+
+    from uniemox.models import create_encoder
+    init = tmp_path / "encoder-48.safetensors"
+    save_file(create_encoder("uniemox_vit_tiny_patch16", img_size=48, depth=2, global_pool="token").state_dict(),
+              str(init))
+    images = _image_folder(tmp_path / "images")
+    run_dir = tmp_path / "run"
+    ok(run(FINETUNE, TINY + [f"model.arch={{img_size: {size}, depth: 2}}", f"model.init={init}", "--data", str(images),
+                             "--run-dir", str(run_dir), "optim.max_steps=2", "data.batch_size=6", "--deepspeed",
+                             os.path.join(REPO, "configs", "zero0.json")]))
+    config = json.loads((run_dir / "best" / "config.json").read_text())
+    assert config["pretrained_cfg"]["input_size"] == [3, size, size] and config["model_args"]["img_size"] in (size, [size, size])
+    rows = [json.loads(line) for line in open(run_dir / "eval" / "test_predictions.jsonl")]
+    image = images / "test" / "calm" / "test_calm_0.jpg"
+    evaluated = next(r for r in rows if r["key"].endswith("test_calm_0"))
+    proc = ok(run(PREDICT, ["--model", str(run_dir / "best"), str(image), "--format", "json", "--top-k", "3"]))
+    predicted = json.loads(proc.stdout)[0]
+    assert [t["prob"] for t in predicted["top"]] == pytest.approx([t["prob"] for t in evaluated["top"]], abs=1e-5)
+    # and as a timm model it takes the checkpoint's size too (its own table for that grid)
+    from uniemox.models.timm_models import create_from_export
+    model, _ = create_from_export(str(run_dir / "best"))
+    assert model.pretrained_cfg["input_size"] == (3, size, size) and model(torch.randn(1, 3, 48, 48)).shape == (1, 3)

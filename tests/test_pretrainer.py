@@ -153,6 +153,8 @@ def test_one_encoder_pass_for_both_views_gives_the_two_pass_step():
 def test_activation_checkpointing_gives_the_same_losses_and_gradients(drop_path):
     """model.grad_checkpointing: encoder and decoder blocks recomputed in the backward; with the
     random draws of drop-path replayed, nothing changes but memory and time."""
+    from timm.layers import DropPath
+
     from uniemox.exports.teacher import load_teacher
     teacher = load_teacher("uniemox-clip-tiny-64", pretrained="none")
     views, noise = torch.randn(2, 4, 3, 64, 64), torch.rand(2, 4, 16)
@@ -163,7 +165,7 @@ def test_activation_checkpointing_gives_the_same_losses_and_gradients(drop_path)
         model = create_pretrainer("uniemox_vit_tiny_patch16", proj_dim=teacher.embed_dim, img_size=64, depth=2,
                                   decoder_depth=2)
         for block in model.model.blocks:  # drop-path draws from the global RNG in the forward
-            block.drop_path.rate = drop_path
+            block.drop_path1, block.drop_path2 = DropPath(drop_path), DropPath(drop_path)
         model.attach_teacher(teacher)
         model.model.set_grad_checkpointing(recompute)
         torch.manual_seed(1)

@@ -4,6 +4,13 @@ Loss: BCE with logits for multi-label heads; soft-target cross-entropy after mix
 (the mixed targets carry the label smoothing); label-smoothing cross-entropy; or plain
 cross-entropy. Optimizer: AdamW on layer-wise lr-decay groups (fine-tuning), or LARS
 (MAE's linear probe: trust ratio on weight matrices only, momentum 0.9, no weight decay).
+
+Layer-wise lr decay (MAE / BEiT rule; the release declares ``layer_decay=0.75`` and never uses
+it, here it is used): timm's ``param_groups_layer_decay`` on the encoder's ``group_matcher``, i.e.
+layer 0 = cls_token / patch_embed, layer i + 1 = ``blocks.i``, layer L + 1 = what follows the
+blocks (norm, fc_norm, head); a group's lr is ``layer_decay ** (L + 1 - layer)`` times the
+scheduled lr (``schedule.set_lr`` honours ``group["lr_scale"]``); weight decay on weight
+matrices only (none on 1-D parameters and the encoder's ``no_weight_decay()``).
 """
 from typing import Callable, Dict, List
 
@@ -14,8 +21,6 @@ import torch.nn.functional as F
 from uniemox.errors import UserError
 from uniemox.train.engine import build_optimizer, zero_stage
 from uniemox.train.param_groups import decay_groups
-
-from .lrd import layer_decay_groups
 
 
 def build_criterion(multi_label: bool, mixup: bool, smoothing: float) -> Callable:
@@ -33,7 +38,9 @@ def param_groups(model: nn.Module, linear_probe: bool, weight_decay: float, laye
             g["always_adapt"] = any(p.ndim > 1 for p in g["params"])
         return [g for g in groups if g["params"]]
     if layer_decay < 1.0:
-        return layer_decay_groups(model, weight_decay, layer_decay)
+        from timm.optim import param_groups_layer_decay
+        return param_groups_layer_decay(model, weight_decay, no_weight_decay_list=model.no_weight_decay(),
+                                        layer_decay=layer_decay)
     return [g for g in decay_groups(model, weight_decay) if g["params"]]
 
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 from uniemox.kernels import random_masking, unmask_tokens
 from uniemox.losses import reconstruction_loss_from_images
 
-from .vit import LN_EPS, Block, VisionTransformer, fixed_pos_embed, init_mae_weights
+from .vit import VisionTransformer, fixed_pos_embed, init_mae_weights, layer_norm, make_block
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
@@ -36,12 +36,11 @@ class MaskedAutoencoder(VisionTransformer):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.register_buffer("decoder_pos_embed", fixed_pos_embed(self.patch_embed.grid_size, decoder_embed_dim))
         mlp_ratio = encoder_kwargs.get("mlp_ratio", 4.0)
-        backend = encoder_kwargs.get("attn_backend", "auto")
         self.decoder_blocks = nn.ModuleList(
-            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, True, 0.0, backend)
-            for _ in range(decoder_depth))
-        self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=LN_EPS)
-        patch = self.patch_embed.patch_size
+            make_block(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth))
+        self.set_attn_backend(encoder_kwargs.get("attn_backend", "auto"))
+        self.decoder_norm = layer_norm(decoder_embed_dim)
+        patch = self.patch_size
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch * patch * 3)
         nn.init.normal_(self.mask_token, std=0.02)
         init_mae_weights(nn.ModuleList([self.decoder_embed, self.decoder_blocks,
@@ -69,7 +68,7 @@ class MaskedAutoencoder(VisionTransformer):
         pos = self.pos_embed.to(x.dtype)  # a buffer: engines that cast parameters leave it fp32
         x, mask, ids_restore = random_masking(x, noise, keep, pos[0, 1:], impl=self.kernel_impl)
         cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
-        x = self.norm(self.run_blocks(torch.cat([cls, x], dim=1)))
+        x = self.norm(self.run_sequence(self.blocks, torch.cat([cls, x], dim=1)))
         return x, mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -82,7 +81,7 @@ class MaskedAutoencoder(VisionTransformer):
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
     def reconstruction(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return reconstruction_loss_from_images(imgs, pred, mask, self.patch_embed.patch_size,
+        return reconstruction_loss_from_images(imgs, pred, mask, self.patch_size,
                                                self.norm_pix_loss, impl=self.kernel_impl)
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: Optional[torch.Tensor] = None):

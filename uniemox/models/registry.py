@@ -81,10 +81,13 @@ register_model("uniemox_vit_huge_patch14", Arch(1280, 32, 16, patch_size=14))
 
 def create_encoder(name: str = "uniemox_vit_base_patch16", *, num_classes: int = 0,
                    global_pool: str = "avg", drop_path_rate: float = 0.0,
-                   attn_backend: str = "auto", **arch_overrides):
-    """The encoder alone (fine-tuning, probing, export): a timm-style ``VisionTransformer``."""
+                   attn_backend: str = "auto", dynamic_img_size: bool = False, **arch_overrides):
+    """The encoder alone (fine-tuning, probing, export): timm's ``VisionTransformer`` with this
+    project's attention and position table (``vit.py``). ``dynamic_img_size``: any image size at
+    run time (the sin-cos table generated for each grid)."""
     from .vit import VisionTransformer
 
     arch = get_arch(name, **arch_overrides)
     return VisionTransformer(**arch.encoder_kwargs(), num_classes=num_classes, global_pool=global_pool,
-                             drop_path_rate=drop_path_rate, attn_backend=attn_backend)
+                             drop_path_rate=drop_path_rate, attn_backend=attn_backend,
+                             dynamic_img_size=dynamic_img_size)

@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 def _pretrained_cfg(name: str, num_classes: int = 0) -> Dict:
     arch = get_arch(name)
-    return {"input_size": (3, arch.img_size, arch.img_size), "fixed_input_size": True,
+    # not fixed: the entrypoints build dynamic_img_size encoders (any multiple of the patch size)
+    return {"input_size": (3, arch.img_size, arch.img_size), "fixed_input_size": False,
             "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center", "mean": IMAGENET_MEAN,
             "std": IMAGENET_STD, "num_classes": num_classes, "first_conv": "patch_embed.proj",
             "classifier": None,  # heads are matched by _filter below, not dropped by timm
@@ -46,26 +47,42 @@ def _filter(state_dict: Dict[str, torch.Tensor], model: torch.nn.Module) -> Dict
 
 
 def _make_entrypoint(name: str):
+    from dataclasses import fields
+
     from timm.models import build_model_with_cfg
 
     from .vit import VisionTransformer
 
+    arch_keys = {f.name for f in fields(get_arch(name))}
+
     def build(**kwargs) -> VisionTransformer:
+        """timm's model kwargs: the architecture's fields are overrides of the registered size,
+        the rest (dynamic_img_size, drop_path_rate, timm's own options) go to the class."""
         size = kwargs.get("img_size")
-        if isinstance(size, (tuple, list)):  # timm passes input_size[-2:]
-            if size[0] != size[1]:
-                raise ValueError(f"{name} takes square images, got img_size={tuple(size)}")
-            kwargs["img_size"] = int(size[0])
+        if isinstance(size, (tuple, list)):  # timm passes input_size[-2:]; a square one as the registry's int
+            kwargs["img_size"] = int(size[0]) if size[0] == size[1] else tuple(size)
         for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args"):
             kwargs.pop(key, None)
         if kwargs.pop("in_chans", 3) != 3:
             raise ValueError(f"{name} takes RGB images (in_chans=3)")
-        return create_encoder(name, **kwargs)
+        arch = get_arch(name, **{k: kwargs.pop(k) for k in list(kwargs) if k in arch_keys})
+        return VisionTransformer(**arch.encoder_kwargs(), **kwargs)
 
     def entrypoint(pretrained: bool = False, **kwargs):
         kwargs.setdefault("global_pool", "avg")
-        return build_model_with_cfg(build, name, pretrained, pretrained_filter_fn=_filter,
-                                    pretrained_strict=True, **kwargs)
+        kwargs.setdefault("dynamic_img_size", True)
+        out_indices = kwargs.pop("out_indices", 3)  # features_only: the last 3 blocks, as timm's ViTs
+        model = build_model_with_cfg(build, name, pretrained, pretrained_filter_fn=_filter,
+                                     pretrained_strict=True,
+                                     feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
+        # the config says what this model takes: one size unless dynamic, and the size it was built
+        # for is the one to preprocess to
+        truth = {"fixed_input_size": not kwargs["dynamic_img_size"]}
+        if kwargs.get("img_size") is not None:
+            size = kwargs["img_size"]
+            truth["input_size"] = (3, *(tuple(size) if isinstance(size, (tuple, list)) else (size, size)))
+        model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, **truth)
+        return model
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__module__ = __name__
