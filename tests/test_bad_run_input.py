@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-import uniemox.models.timm_models as tm
+import uniemox.exports.hub as tm
 from uniemox.config import read_yaml, resolve_config
 from uniemox.config.classify import FinetuneConfig
 from uniemox.config.clip_teacher import TeacherTrainConfig

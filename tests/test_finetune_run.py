@@ -211,6 +211,6 @@ def test_a_checkpoint_fine_tunes_and_predicts_at_another_image_size(tmp_path, si
     predicted = json.loads(proc.stdout)[0]
     assert [t["prob"] for t in predicted["top"]] == pytest.approx([t["prob"] for t in evaluated["top"]], abs=1e-5)
     # and as a timm model it takes the checkpoint's size too (its own table for that grid)
-    from uniemox.models.timm_models import create_from_export
+    from uniemox.exports.hub import create_from_export
     model, _ = create_from_export(str(run_dir / "best"))
     assert model.pretrained_cfg["input_size"] == (3, size, size) and model(torch.randn(1, 3, 48, 48)).shape == (1, 3)

@@ -58,15 +58,22 @@ def _make_entrypoint(name: str):
     def build(**kwargs) -> VisionTransformer:
         """timm's model kwargs: the architecture's fields are overrides of the registered size,
         the rest (dynamic_img_size, drop_path_rate, timm's own options) go to the class."""
-        size = kwargs.get("img_size")
+        size = kwargs.pop("img_size", None)
         if isinstance(size, (tuple, list)):  # timm passes input_size[-2:]; a square one as the registry's int
-            kwargs["img_size"] = int(size[0]) if size[0] == size[1] else tuple(size)
+            size = int(size[0]) if size[0] == size[1] else tuple(int(s) for s in size)
         for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args"):
             kwargs.pop(key, None)
         if kwargs.pop("in_chans", 3) != 3:
             raise ValueError(f"{name} takes RGB images (in_chans=3)")
-        arch = get_arch(name, **{k: kwargs.pop(k) for k in list(kwargs) if k in arch_keys})
-        return VisionTransformer(**arch.encoder_kwargs(), **kwargs)
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in arch_keys}
+        # the registry checks one side at a time (an int): each side of a (h, w) size must fit
+        sides = size if isinstance(size, tuple) else (size,)
+        for side in sides:
+            arch = get_arch(name, **overrides, **({} if side is None else {"img_size": side}))
+        encoder = arch.encoder_kwargs()
+        if isinstance(size, tuple):
+            encoder["img_size"] = size
+        return VisionTransformer(**encoder, **kwargs)
 
     def entrypoint(pretrained: bool = False, **kwargs):
         kwargs.setdefault("global_pool", "avg")
