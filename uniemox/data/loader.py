@@ -4,6 +4,7 @@
 labelled batches for fine-tuning and evaluation; both return a `ShardLoader` whose
 `state_dict()` / `load_state_dict()` carry the exact data position (see reader.py).
 """
+import signal
 from collections import Counter
 from dataclasses import asdict
 from typing import Dict, Iterator, Optional, Sequence, Union
@@ -15,6 +16,19 @@ from .elastic import reshard
 from .plan import Carry
 from .reader import MODES, ReaderConfig, ShardStream, ViewTransform, count_classes, expand_urls
 from .tarstream import SKIP_KINDS, Retry
+
+# What a job's scheduler sends before it kills the job (SLURM, Kubernetes, `sbatch --signal=USR1@N`):
+# the training run acts on them (uniemox.train.preemption), its DataLoader workers leave them to it.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def leave_stop_signals_to_parent(worker_id: int) -> None:
+    """A DataLoader worker's init: the job's stop signals reach every process of the job, and a
+    worker that died of one (PyTorch's worker handler ends it on a SIGTERM from anyone but its
+    parent) would fail the parent's next batch while it saves. Ignored here, the parent stops,
+    then shuts its workers down (and a worker whose parent is gone ends by itself)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class ShardLoader:
@@ -91,7 +105,8 @@ class ShardLoader:
         stream = ShardStream(self.cfg, [dict(w) for w in self.workers], self.next_worker, endless,
                              self.view_transform, self.carry)
         return DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers, pin_memory=self.pin_memory,
-                          prefetch_factor=self.prefetch_factor if self.cfg.num_workers else None)
+                          prefetch_factor=self.prefetch_factor if self.cfg.num_workers else None,
+                          worker_init_fn=leave_stop_signals_to_parent)
 
     def _advance(self, meta: Dict) -> None:
         """Record where the worker that made this item stands, and who is next."""

@@ -8,9 +8,10 @@ once: nothing of the step has happened yet there, or the evaluation is redone on
 save under way always finishes. The ranks agree on the step to stop at with ``agreed()``, one
 all-reduce (MAX) of a flag at the start of every step on a gloo group of its own, on host
 memory: no device sync, and it follows the step's data wait, so one rank receiving the signal
-stops them all at the same step. Forked DataLoader workers inherit the handler and ignore the
-signal (their parent ends them); a second signal is noted and ignored (the save goes on; if the
-grace period runs out, SIGKILL leaves the previous complete checkpoint, the saves being atomic).
+stops them all at the same step. DataLoader workers ignore both signals (data/loader.py; a
+forked process that still has this handler ignores them too): their parent ends them. A second
+signal is noted and ignored, the save goes on; if the grace period runs out, SIGKILL leaves the
+previous complete checkpoint (the saves are atomic).
 """
 import contextlib
 import logging
@@ -23,8 +24,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from uniemox.data.loader import STOP_SIGNALS
+
 logger = logging.getLogger(__name__)
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = STOP_SIGNALS
 EXIT_CODE = 4
 
 
