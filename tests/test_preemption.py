@@ -180,6 +180,7 @@ def test_a_signal_during_an_evaluation_cuts_it_short_and_the_resume_redoes_it(tm
         return [(r["step"], sorted(k for k in r if k.startswith(("val/", "loss/")))) for r in rows(run_dir)]
     assert logged(run_dir) == logged(tmp_path / "straight")
     val = {r["step"]: r["val/top1"] for r in rows(tmp_path / "straight") if "val/top1" in r}
+    assert sorted(val) == [2, 4, 6]
     assert {r["step"]: r["val/top1"] for r in rows(run_dir) if "val/top1" in r} == pytest.approx(val)
 
 
