@@ -153,13 +153,17 @@ def acquire(target: str, what: str) -> Claim:
     """Claim ``target`` for this process, or refuse (UserError) naming the live holder. A claim
     of this very process (an earlier run in the same interpreter) is taken as released."""
     path = claim_path(target)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     mine = json.dumps(_this_process(what)).encode("utf-8")
     tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        f.write(mine)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(mine)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise UserError(f"cannot claim {target} for this {what}: cannot write {path}: "
+                        f"{exc.strerror or exc}") from None
     try:
         for _ in range(5):  # each pass either takes the claim or removes one stale claim
             try:

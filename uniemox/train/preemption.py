@@ -53,6 +53,7 @@ class PreemptionWatch:
         self.group = None
         self._interruptible = False
         self._flag = np.zeros(1, np.int32)  # the agreement's buffer, in host memory
+        self._flag_tensor = torch.from_numpy(self._flag)
         self._previous = {}
         if threading.current_thread() is threading.main_thread():  # Python's handlers live there only
             self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
@@ -96,7 +97,7 @@ class PreemptionWatch:
         if self.group is None:
             return self.signal is not None
         self._flag[0] = int(self.signal is not None)
-        dist.all_reduce(torch.from_numpy(self._flag), op=dist.ReduceOp.MAX, group=self.group)
+        dist.all_reduce(self._flag_tensor, op=dist.ReduceOp.MAX, group=self.group)
         if self._flag[0] and self.signal is None:
             self.signal = "a signal to another rank"
         return bool(self._flag[0])

@@ -40,6 +40,16 @@ class Trainer:
     def __init__(self, cfg, task_cls, deepspeed_config: str):
         self.cfg = cfg
         self.preemption = PreemptionWatch()  # first: a signal from now on ends the run with a checkpoint
+        self.claim = None
+        try:
+            self.build(task_cls, deepspeed_config)
+        except BaseException:  # the handlers and the claim given back: the process may go on
+            self.close()
+            raise
+
+    def build(self, task_cls, deepspeed_config: str) -> None:
+        """The run, its data, model, plan, engine and components (the order matters)."""
+        cfg = self.cfg
         self.run = run = start_run(cfg)
         self.claim = hold_run_dir(run)
         self.preemption.join(run.world)
