@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+import torch
 from subprocesses import child_env, deepspeed_launcher
 
 from uniemox.train.preemption import EXIT_CODE, Interrupted, PreemptionWatch
@@ -211,5 +213,45 @@ def test_a_forked_worker_ignores_the_signal():
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert watch.signal is None
+    finally:
+        watch.close()
+
+
+class _StalledSource(torch.utils.data.IterableDataset):
+    """A data source that hangs (a stalled network file system, a dead object store)."""
+
+    def __iter__(self):
+        time.sleep(600)
+        yield torch.zeros(1)
+
+
+def test_a_wait_on_a_stalled_dataloader_worker_is_cut_short():
+    """The trainer's real wait: the main process blocked on a DataLoader worker's queue. SIGTERM to
+    the worker is ignored (it stays alive for its parent to end); SIGTERM to the main process ends
+    the wait at once."""
+    from torch.utils.data import DataLoader
+
+    from uniemox.data.loader import leave_stop_signals_to_parent
+    watch = PreemptionWatch()
+    try:
+        batches = iter(DataLoader(_StalledSource(), batch_size=None, num_workers=1,
+                                  worker_init_fn=leave_stop_signals_to_parent))
+        worker = batches._workers[0]
+
+        def signal_both():
+            time.sleep(1.0)
+            os.kill(worker.pid, signal.SIGTERM)
+            time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGTERM)
+        threading.Thread(target=signal_both, daemon=True).start()
+        began = time.monotonic()
+        with pytest.raises(Interrupted):
+            with watch.interruptible():
+                next(batches)
+        assert time.monotonic() - began < 30 and watch.signal == "SIGTERM"
+        assert worker.is_alive()
+        os.kill(worker.pid, signal.SIGKILL)  # a stalled worker is the job's to end
+        worker.join()
+        del batches
     finally:
         watch.close()
