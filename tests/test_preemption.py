@@ -226,9 +226,9 @@ class _StalledSource(torch.utils.data.IterableDataset):
 
 
 def test_a_wait_on_a_stalled_dataloader_worker_is_cut_short():
-    """The trainer's real wait: the main process blocked on a DataLoader worker's queue. SIGTERM to
-    the worker is ignored (it stays alive for its parent to end); SIGTERM to the main process ends
-    the wait at once."""
+    """The trainer's real wait: the main process blocked on a DataLoader worker's queue. The job's
+    SIGTERM to the worker is ignored (it stays alive for its parent to end); SIGTERM to the main
+    process ends the wait at once; the parent's own SIGTERM (its shutdown) ends the worker."""
     from torch.utils.data import DataLoader
 
     from uniemox.data.loader import leave_stop_signals_to_parent
@@ -240,7 +240,7 @@ def test_a_wait_on_a_stalled_dataloader_worker_is_cut_short():
 
         def signal_both():
             time.sleep(1.0)
-            os.kill(worker.pid, signal.SIGTERM)
+            subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # the job's signal, not the parent's
             time.sleep(0.5)
             os.kill(os.getpid(), signal.SIGTERM)
         threading.Thread(target=signal_both, daemon=True).start()
@@ -250,8 +250,9 @@ def test_a_wait_on_a_stalled_dataloader_worker_is_cut_short():
                 next(batches)
         assert time.monotonic() - began < 30 and watch.signal == "SIGTERM"
         assert worker.is_alive()
-        os.kill(worker.pid, signal.SIGKILL)  # a stalled worker is the job's to end
-        worker.join()
+        worker.terminate()  # SIGTERM from its parent, as at the parent's exit
+        worker.join(timeout=30)
+        assert worker.exitcode == 0
         del batches
     finally:
         watch.close()

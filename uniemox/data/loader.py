@@ -4,7 +4,9 @@
 labelled batches for fine-tuning and evaluation; both return a `ShardLoader` whose
 `state_dict()` / `load_state_dict()` carry the exact data position (see reader.py).
 """
+import os
 import signal
+import threading
 from collections import Counter
 from dataclasses import asdict
 from typing import Dict, Iterator, Optional, Sequence, Union
@@ -25,10 +27,18 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 def leave_stop_signals_to_parent(worker_id: int) -> None:
     """A DataLoader worker's init: the job's stop signals reach every process of the job, and a
     worker that died of one (PyTorch's worker handler ends it on a SIGTERM from anyone but its
-    parent) would fail the parent's next batch while it saves. Ignored here, the parent stops,
-    then shuts its workers down (and a worker whose parent is gone ends by itself)."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+    parent) would fail the parent's next batch while it saves. Here SIGUSR1 is ignored, and
+    SIGTERM ends the worker only when its parent sends it (the parent's shutdown, or its exit's
+    terminate()): a thread waits for it with the sender's pid, the signal blocked elsewhere."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_end_on_sigterm_from, args=(os.getppid(),), name="uniemox-sigterm", daemon=True).start()
+
+
+def _end_on_sigterm_from(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)
 
 
 class ShardLoader:
