@@ -8,8 +8,9 @@ once: nothing of the step has happened yet there, or the evaluation is redone on
 save under way always finishes. The ranks agree on the step to stop at with ``agreed()``, one
 all-reduce (MAX) of a flag at the start of every step on a gloo group of its own, on host
 memory: no device sync, and it follows the step's data wait, so one rank receiving the signal
-stops them all at the same step. DataLoader workers ignore both signals (data/loader.py; a
-forked process that still has this handler ignores them too): their parent ends them. A second
+stops them all at the same step. DataLoader workers ignore the job's signals (data/loader.py: a
+SIGTERM ends one only when its parent sends it; a fork that still has this handler ignores
+them too): their parent ends them. A second
 signal is noted and ignored, the save goes on; if the grace period runs out, SIGKILL leaves the
 previous complete checkpoint (the saves are atomic).
 """
