@@ -1,6 +1,7 @@
 """What the training entry points (pretrain, finetune, train_teacher) share: their common flags,
 the one config precedence rule, and how a run ends (exit 0; 2 for bad input or a run directory
-that refuses writes, one line; 3 when too many non-finite steps stopped it)."""
+that refuses writes or is held by another run, one line; 3 when too many non-finite steps
+stopped it; 4 when SIGTERM or SIGUSR1 stopped it with a checkpoint: requeue it with --resume auto)."""
 import argparse
 import contextlib
 import errno
@@ -44,6 +45,16 @@ def build_config(cls, task, args, flags: Sequence[Tuple[str, str]] = ()):
     return resolve_config(cls, args.config, overrides, task.recipes)
 
 
+@contextlib.contextmanager
+def exclusive(target: str, what: str) -> Iterator[None]:
+    """``target`` (an export folder or file, a shard folder) written by this command alone: a
+    second writer is refused in one line naming the holder (uniemox.claim)."""
+    from uniemox.claim import hold
+
+    with hold(target, what):
+        yield
+
+
 def train(cfg, task, args, **task_kwargs) -> None:
     """Trainer(cfg, task).fit() with the chosen DeepSpeed JSON."""
     from uniemox.train.trainer import Trainer
@@ -56,8 +67,10 @@ def train(cfg, task, args, **task_kwargs) -> None:
 def entry_point(progress_log: bool = True) -> Iterator[None]:
     """Logging as the entry points want it (``progress_log``: the project's INFO lines, as a
     training run has them); bad input is one line and exit code 2, a run stopped by non-finite
-    steps one line and exit code 3 (on rank 0; every rank exits)."""
+    steps one line and exit code 3, a run preempted by a signal one line and exit code 4 (on rank 0;
+    every rank exits)."""
     from uniemox.train.guard import NonFiniteHalt
+    from uniemox.train.preemption import EXIT_CODE, Preempted
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if progress_log:
@@ -71,6 +84,10 @@ def entry_point(progress_log: bool = True) -> Iterator[None]:
         if _rank() == 0:
             print(f"error: {halt}", file=sys.stderr)
         sys.exit(3)
+    except Preempted as stop:
+        if _rank() == 0:
+            print(f"preempted: {stop}", file=sys.stderr)
+        sys.exit(EXIT_CODE)
     except OSError as exc:  # the run directory or disk refuses a write: the user's to fix
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
             raise

@@ -17,6 +17,7 @@ else by --detector (mediapipe, torchvision or none). Bad input: one line, exit c
 import argparse
 import sys
 
+from uniemox.claim import hold
 from uniemox.data.catalog import FORMAT_HELP, FORMATS, open_source
 from uniemox.data.detector import DETECTORS
 from uniemox.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, set_max_image_pixels
@@ -86,7 +87,8 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        run(args)
+        with hold(args.out, "make_shards"):
+            run(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # where each installed package lives in the repository (setup.py's package_dir)
 ROOTS = {"uniemox": "uniemox", "uniemox.kernels": "kernels", "uniemox.launch": "launch"}
 # who may import whom: a layer imports only the layers below it (and itself)
-LAYERS = ["uniemox.errors", "uniemox.io", "uniemox.safeload", "uniemox.config", "uniemox.kernels", "uniemox.data", "uniemox.losses",
+LAYERS = ["uniemox.errors", "uniemox.io", "uniemox.claim", "uniemox.safeload", "uniemox.config", "uniemox.kernels", "uniemox.data", "uniemox.losses",
           "uniemox.models", "uniemox.exports", "uniemox.train", "uniemox.eval", "uniemox.finetune", "uniemox.tasks",
           "uniemox.bench", "uniemox.experiments", "uniemox.launch"]
 

@@ -4,6 +4,9 @@
 labelled batches for fine-tuning and evaluation; both return a `ShardLoader` whose
 `state_dict()` / `load_state_dict()` carry the exact data position (see reader.py).
 """
+import os
+import signal
+import threading
 from collections import Counter
 from dataclasses import asdict
 from typing import Dict, Iterator, Optional, Sequence, Union
@@ -17,6 +20,27 @@ from .elastic import reshard
 from .plan import Carry
 from .reader import MODES, ReaderConfig, ShardStream, ViewTransform, count_classes, expand_urls
 from .tarstream import SKIP_KINDS, Retry
+
+# What a job's scheduler sends before it kills the job (SLURM, Kubernetes, `sbatch --signal=USR1@N`):
+# the training run acts on them (uniemox.train.preemption), its DataLoader workers leave them to it.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def leave_stop_signals_to_parent(worker_id: int) -> None:
+    """A DataLoader worker's init: the job's stop signals reach every process of the job, and a
+    worker that died of one (PyTorch's worker handler ends it on a SIGTERM from anyone but its
+    parent) would fail the parent's next batch while it saves. Here SIGUSR1 is ignored, and
+    SIGTERM ends the worker only when its parent sends it (the parent's shutdown, or its exit's
+    terminate()): a thread waits for it with the sender's pid, the signal blocked elsewhere."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_end_on_sigterm_from, args=(os.getppid(),), name="uniemox-sigterm", daemon=True).start()
+
+
+def _end_on_sigterm_from(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)
 
 
 class ShardLoader:
@@ -102,7 +126,8 @@ class ShardLoader:
         stream = ShardStream(self.cfg, [dict(w) for w in self.workers], self.next_worker, endless,
                              self.view_transform, self.carry)
         return DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers, pin_memory=self.pin_memory,
-                          prefetch_factor=self.prefetch_factor if self.cfg.num_workers else None)
+                          prefetch_factor=self.prefetch_factor if self.cfg.num_workers else None,
+                          worker_init_fn=leave_stop_signals_to_parent)
 
     def _views(self, batch: Dict) -> Dict:
         return self.device_views(batch, self.device_skips) if self.device_views else batch

@@ -9,17 +9,23 @@ inject, at the given (1-based) step:
     nan_grad@step:N   step N's loss is finite but its gradient is NaN
     kill@export:FILE  SIGKILL an export once FILE is written into its temporary folder (FILE "swap":
                       once the older export is set aside, before the new one is renamed in)
+    sigterm@step:N    SIGTERM to the highest rank only (the one rank in a world of one) when step N has ended
+    sigterm@eval:N    SIGTERM to this process as the evaluation at step N starts
+    slow_data@step:N  the first batch of step N arrives SLOW_DATA_S seconds late (a stalled data source)
 
 Several faults are comma-separated: ``UNIEMOX_FAULT=nan_loss@step:3,nan_grad@step:5``.
 """
 import os
 import signal
+import time
 from typing import Callable, Dict, Optional, Set
 
 from uniemox.errors import UserError
 
 VARIABLE = "UNIEMOX_FAULT"
-KINDS = ("kill@step", "kill@save", "nan_loss@step", "nan_grad@step")
+KINDS = ("kill@step", "kill@save", "nan_loss@step", "nan_grad@step", "sigterm@step", "sigterm@eval",
+         "slow_data@step")
+SLOW_DATA_S = 120.0
 NAMED = ("kill@export",)  # faults at a named point, not a step
 
 
@@ -45,6 +51,10 @@ def export_progress() -> Optional[Callable[[str], None]]:
     return (lambda label: _kill() if label in points else None) if points else None
 
 
+def _term() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def install(trainer) -> None:
     spec = os.environ.get(VARIABLE)
     if not spec:
@@ -52,6 +62,26 @@ def install(trainer) -> None:
     faults = parse(spec)
     if faults["kill@step"]:
         trainer.step_end_callbacks.append(lambda step: _kill() if step in faults["kill@step"] else None)
+    if faults["sigterm@step"] and trainer.run.rank == trainer.run.world - 1:
+        trainer.step_end_callbacks.append(lambda step: _term() if step in faults["sigterm@step"] else None)
+    if faults["sigterm@eval"]:
+        evaluate = trainer.task.evaluate
+
+        def signalled(engine, step):
+            if step in faults["sigterm@eval"]:
+                _term()
+            return evaluate(engine, step)
+        trainer.task.evaluate = signalled
+    if faults["slow_data@step"]:
+        endless = trainer.loader.endless
+
+        def stalled():
+            for batch in endless():
+                if trainer.step + 1 in faults["slow_data@step"]:
+                    faults["slow_data@step"].discard(trainer.step + 1)  # its first batch only
+                    time.sleep(SLOW_DATA_S)
+                yield batch
+        trainer.loader.endless = stalled
     if faults["kill@save"]:
         commit = trainer.checkpointer.commit
 

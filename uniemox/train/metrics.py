@@ -94,6 +94,7 @@ class MetricsWriter:
     def __init__(self, run_dir: Optional[str], start_step: int = 0, report_to: Sequence[str] = ("tensorboard", "jsonl"),
                  log=None, run_config: Optional[Dict] = None):
         self.trackers = []
+        self.before_write = None  # called before anything is logged (the trainer's preemption settles)
         if run_dir:
             from uniemox.config.sections import LogConfig
             self.trackers = open_trackers(list(report_to), run_dir, start_step, run_config or {}, log or LogConfig())
@@ -105,6 +106,8 @@ class MetricsWriter:
 
     def scalars(self, values: Dict[str, float], step: int, extra: Optional[Dict] = None) -> None:
         """``values`` go to every tracker; ``extra`` (non-scalars) to the JSONL only."""
+        if self.before_write:
+            self.before_write()
         for tracker in self.trackers:
             tracker.log(values, step, extra or {})
 

@@ -2,9 +2,13 @@
 CPU threads, settle precision and seed. (The config of record is written once the run has
 started or resumed: Trainer.resume.)"""
 import os
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
+import torch.distributed as dist
+
+from uniemox.claim import Claim, acquire
+from uniemox.errors import UserError
 
 from uniemox.errors import UserError
 
@@ -53,3 +57,19 @@ def start_run(cfg) -> Run:
     torch.manual_seed(cfg.train.seed)
     torch.set_flush_denormal(True)  # x86 CPUs compute denormals slowly; training never needs them
     return Run(rank, world, device, cfg.log.run_dir, precision, DTYPES[precision])
+
+
+def hold_run_dir(run: Run) -> Optional[Claim]:
+    """Collective: rank 0 claims the run dir for the run's life (uniemox.claim; the other ranks
+    belong to its holder); a refusal ends every rank with rank 0's line."""
+    claim, refusal = None, [None]
+    if run.rank == 0:
+        try:
+            claim = acquire(run.run_dir, "training run")
+        except UserError as err:
+            refusal[0] = str(err)
+    if run.world > 1:
+        dist.broadcast_object_list(refusal, src=0)
+    if refusal[0]:
+        raise UserError(refusal[0])
+    return claim

@@ -9,6 +9,7 @@ checkpoints at their cadence, and finally a last checkpoint and the task's finis
 points: ``step_end_callbacks`` (called with the step after everything of that step is done) and
 the opt-in fault hooks of hooks.py.
 """
+import contextlib
 import logging
 import os
 import time
@@ -20,14 +21,15 @@ from uniemox.config import save_config, to_dict
 from uniemox.errors import UserError
 
 from . import hooks
-from .checkpoint import Checkpointer, complete_tags, find_resume, read_marker, resume_conflicts
+from .checkpoint import MARKER, Checkpointer, complete_tags, find_resume, read_marker, resume_conflicts, tag_for
 from .compiling import compile_engine
 from .elastic import plan_elastic
 from .engine import build_ds_config, build_engine, read_ds_config, zero_stage
-from .guard import NonFiniteGuard, NonFiniteHalt
+from .guard import NonFiniteGuard
 from .metrics import MetricsWriter, SampleLog, device_peak_flops
+from .preemption import Interrupted, Preempted, PreemptionWatch
 from .reporting import Reporter
-from .run import start_run
+from .run import hold_run_dir, start_run
 from .schedule import lr_at, plan_steps, set_lr
 from .step import guarded_micro_step
 
@@ -37,7 +39,20 @@ logger = logging.getLogger(__name__)
 class Trainer:
     def __init__(self, cfg, task_cls, deepspeed_config: str):
         self.cfg = cfg
+        self.preemption = PreemptionWatch()  # first: a signal from now on ends the run with a checkpoint
+        self.claim = None
+        try:
+            self.build(task_cls, deepspeed_config)
+        except BaseException:  # the handlers and the claim given back: the process may go on
+            self.close()
+            raise
+
+    def build(self, task_cls, deepspeed_config: str) -> None:
+        """The run, its data, model, plan, engine and components (the order matters)."""
+        cfg = self.cfg
         self.run = run = start_run(cfg)
+        self.claim = hold_run_dir(run)
+        self.preemption.join(run.world)
         ckpt_root = os.path.join(run.run_dir, "checkpoints")
         self.resume_from = find_resume(ckpt_root, cfg.checkpoint.resume)
         self.resume_marker = marker = read_marker(self.resume_from) if self.resume_from else {}
@@ -65,24 +80,25 @@ class Trainer:
         self.checkpointer = Checkpointer(ckpt_root, cfg.checkpoint.keep, run.rank, run.world, every=ckpt_every)
         self.guard = NonFiniteGuard(cfg.train.max_nonfinite, run.device)
         self.step = 0
+        self.eval_pending = False  # an evaluation a signal cut short: the resumed run does it first
         self.step_end_callbacks = []
         hooks.install(self)
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> None:
         cfg, task, engine, plan, guard = self.cfg, self.task, self.engine, self.plan, self.guard
-        self.resume()
-        self.start_report()
-        batches = self.batches()
         try:
+            self.resume()
+            self.start_report()
+            batches = self.batches()
+            if self.eval_pending:
+                self.evaluate()
             while self.step < plan.total_steps:
                 lr = lr_at(self.step, plan.base_lr, plan.warmup_steps, plan.total_steps, cfg.optim.min_lr)
                 set_lr(self.optimizer, lr)
                 loss_bad = guard.zero
                 for micro in range(cfg.optim.grad_accum):
-                    asked = time.perf_counter()
-                    batch = next(batches)
-                    self.reporter.batch(batch["key"], time.perf_counter() - asked)
+                    batch = self.first_batch(batches) if micro == 0 else self.next_batch(batches)
                     self.samples.write(self.step + 1, micro, batch)
                     ctx = task.context(self.step, micro)
                     result = guarded_micro_step(engine, lambda: task.training_forward(engine, batch, ctx),
@@ -99,16 +115,17 @@ class Trainer:
                     self.save()
                 for callback in self.step_end_callbacks:
                     callback(self.step)
-        except NonFiniteHalt:
-            self.reporter.close_progress()  # the last good checkpoint stays the newest one
-            self.writer.close()
-            self.samples.close()
+            if self.preemption.agreed():  # an evaluation at the last step was cut short
+                self.stop(self.loader.state_dict())
+            last = self.save()
+        except BaseException:  # a halt or a preemption: the last good checkpoint stays the newest one
+            if hasattr(self, "reporter"):
+                self.reporter.close_progress()
+            self.close()
             raise
-        last = self.save()
         self.reporter.close_progress()
         task.finish(engine, self.step, last, self.guard.total)
-        self.writer.close()
-        self.samples.close()
+        self.close()
 
     # -- its parts, in the order they act ------------------------------------------------------------
     def record(self) -> Dict:
@@ -136,6 +153,7 @@ class Trainer:
                 state = self.checkpointer.load(self.engine, path)
                 self.loader.load_state_dict(state["data"])
             self.step, self.guard.base = state["step"], state.get("skipped_steps", 0)
+            self.eval_pending = state.get("eval_pending", False)
             task.load_state_dict(state)
         elif complete_tags(root):
             raise UserError(f"{self.run.run_dir} already holds a run (checkpoint {complete_tags(root)[-1]}): "
@@ -148,6 +166,7 @@ class Trainer:
         self.writer = MetricsWriter(run.run_dir if run.rank == 0 else None, start_step=self.step,
                                     report_to=self.cfg.log.report_to, log=self.cfg.log, run_config=to_dict(self.cfg))
         self.samples = SampleLog(run.run_dir, run.rank, run.world, self.step, self.cfg.log.sample_keys)
+        self.writer.before_write = self.preemption.settle
         task.writer = self.writer
         progress = task.name if run.rank == 0 and self.cfg.log.progress else None
         self.reporter = Reporter(self.writer, self.cfg.log.every, plan.total_steps, task.report_first_step,
@@ -194,14 +213,65 @@ class Trainer:
         every = self.eval_every
         return every is not None and (self.step == self.plan.total_steps or (every > 0 and self.step % every == 0))
 
+    def first_batch(self, batches):
+        """The step's first batch, unless the ranks agree to stop before the step (preemption.py):
+        the wait for it is where a stalled data source keeps a run, so a signal cuts it short."""
+        before = self.loader.state_dict()  # the position a stop here saves: the batch is not used
+        batch = None
+        try:
+            with self.preemption.interruptible():
+                batch = self.next_batch(batches)
+        except Interrupted:
+            pass
+        if self.preemption.agreed():
+            self.stop(before)
+        return batch
+
+    def next_batch(self, batches):
+        asked = time.perf_counter()
+        batch = next(batches)
+        self.reporter.batch(batch["key"], time.perf_counter() - asked)
+        return batch
+
     def evaluate(self) -> None:
-        values = self.task.evaluate(self.engine, self.step)
+        """In a world of one a signal cuts an evaluation short until it logs its results (redone
+        first on resume); with several ranks it finishes, as every rank must reach its gathers."""
+        region = self.preemption.interruptible() if self.run.world == 1 else contextlib.nullcontext()
+        self.eval_pending = True
+        try:
+            with region:
+                values = self.task.evaluate(self.engine, self.step)
+        except Interrupted:
+            return
+        self.eval_pending = False
         if values:
             self.writer.scalars(values, self.step)
         self.reporter.timer.reset()  # evaluation time is not training throughput
 
-    def save(self) -> str:
+    def save(self, data_state=None) -> str:
         self.guard.check()  # a checkpoint is never written past a halt
-        state = dict(self.task.state_dict(), data=self.loader.state_dict(), skipped_steps=self.guard.total)
+        state = dict(self.task.state_dict(), data=data_state or self.loader.state_dict(),
+                     skipped_steps=self.guard.total, eval_pending=self.eval_pending)
         meta = dict(self.task.checkpoint_meta(self.step), **self.record())
         return self.checkpointer.save(self.engine, self.step, state, meta)
+
+    def stop(self, data_state) -> None:
+        """Collective, on a signal: a checkpoint at the step reached (unless there is one, or
+        nothing was trained), then Preempted."""
+        path = os.path.join(self.checkpointer.root, tag_for(self.step))
+        if os.path.isfile(os.path.join(path, MARKER)):
+            pass  # saved at this very step already (a periodic save, or the checkpoint resumed from)
+        elif self.step > 0:
+            path = self.save(data_state)
+        else:
+            path = None
+        raise Preempted(self.preemption.signal, self.step, path)
+
+    def close(self) -> None:
+        """The run's files closed, its signal handlers and run-dir claim given back."""
+        for part in (getattr(self, "writer", None), getattr(self, "samples", None)):
+            if part is not None:
+                part.close()
+        self.preemption.close()
+        if self.claim is not None:
+            self.claim.release()
