@@ -72,8 +72,10 @@ def test_an_export_killed_while_replacing_an_older_one_leaves_that_one_whole(che
         assert not out.exists()
         proc = run(PREDICT, ["--zero-shot", str(out), photo, "--format", "json"])
         assert proc.returncode == 0, proc.stderr[-2000:]
-    # the next export settles what the killed one left and replaces the old one whole
-    export_checkpoint(checkpoints[4], str(out))
+    # the next export command takes over the dead one's claim, settles what it left and replaces
+    # the old export whole
+    again = run(PRETRAIN, ["--export", checkpoints[4], str(out)])
+    assert again.returncode == 0, again.stderr[-2000:]
     assert _step(out) == 4 and read_pretrain_export(str(out))[2] == run_config
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
