@@ -186,16 +186,16 @@ def test_bf16_best_weights_are_the_fp32_master_weights(tmp_path, stage):
     assert (trained != rounded).float().mean() > 0.5  # fp32 values, not bf16 ones written as fp32
 
 
-@pytest.mark.parametrize("size", [64, 32])
+@pytest.mark.parametrize("size", [384, 160])
 def test_a_checkpoint_fine_tunes_and_predicts_at_another_image_size(tmp_path, size):
-    """A 48 px encoder fine-tuned at 64 px and at 32 px (the data read at that size, the sin-cos
+    """A 224 px encoder fine-tuned at 384 px and at 160 px (the data read at that size, the sin-cos
     table generated for that grid), exported, predicting at that size as evaluation did, and at
-    48 px through timm."""
+    224 px through timm."""
     from safetensors.torch import save_file
 
     from uniemox.models import create_encoder
-    init = tmp_path / "encoder-48.safetensors"
-    save_file(create_encoder("uniemox_vit_tiny_patch16", img_size=48, depth=2, global_pool="token").state_dict(),
+    init = tmp_path / "encoder-224.safetensors"
+    save_file(create_encoder("uniemox_vit_tiny_patch16", img_size=224, depth=2, global_pool="token").state_dict(),
               str(init))
     images = _image_folder(tmp_path / "images")
     run_dir = tmp_path / "run"
@@ -213,4 +213,4 @@ def test_a_checkpoint_fine_tunes_and_predicts_at_another_image_size(tmp_path, si
     # and as a timm model it takes the checkpoint's size too (its own table for that grid)
     from uniemox.exports.hub import create_from_export
     model, _ = create_from_export(str(run_dir / "best"))
-    assert model.pretrained_cfg["input_size"] == (3, size, size) and model(torch.randn(1, 3, 48, 48)).shape == (1, 3)
+    assert model.pretrained_cfg["input_size"] == (3, size, size) and model(torch.randn(1, 3, 224, 224)).shape == (1, 3)
