@@ -14,7 +14,7 @@ What the test adds, and only this, to keep CI within its time:
 * a training run (pretrain, fine-tune, teacher) gets tiny-size overrides appended
   (TINY below: a 32 px, 2-block ViT and small batches; the step counts the docs give are kept,
   since later commands name their checkpoints), the ablation grid a one-cell grid of 2-step runs,
-  the step and checkpoint benchmarks their smallest settings;
+  the step, checkpoint and loader benchmarks their smallest settings;
 * ``deepspeed`` gets a free ``--master_port`` (two jobs on the default port join each other);
 * ``pytest`` commands are collected (``--collect-only``), not run: CI runs the suite itself;
 * photo.jpg and more_photos/, the docs' stand-ins for a user's photos, are real photos.
@@ -48,6 +48,7 @@ TINY = {
                  "--probe-steps", "2", "--pretrain", ARCH, "data.batch_size=8", "--downstream", "data.batch_size=8"],
     "benchmark step": ["--warmup", "1", "--steps", "2", "--rounds", "1"],
     "benchmark checkpoint": ["--model", "uniemox_vit_tiny_patch16", "--repeats", "1"],
+    "benchmark loader": ["--workers", "0", "--batches", "2", "--rounds", "1"],
 }
 TRAINERS = ("pretrain", "finetune", "train_teacher")
 
