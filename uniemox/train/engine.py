@@ -8,7 +8,6 @@ MAE's parameter groups, so the JSON must not name one.
 import difflib
 import logging
 import os
-import sys
 import socket
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
@@ -17,6 +16,8 @@ import torch
 
 from uniemox.errors import UserError
 from uniemox.io import read_json
+
+from .extensions import use_extensions_dir
 
 logger = logging.getLogger(__name__)
 
@@ -35,25 +36,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def extensions_dir() -> str:
-    """Where DeepSpeed's JIT-built ops go: under the project's cache, one folder per torch, Python
-    and DeepSpeed version, so that another environment's build never forces a rebuild here (torch's
-    default folder is shared by every torch version of a Python: one run paid 23.6 s for that)."""
-    import deepspeed
-
-    base = os.environ.get("UNIEMOX_EXTENSIONS") or os.path.join(
-        os.environ.get("UNIEMOX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "uniemox"), "torch_extensions")
-    version = f"torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-ds{deepspeed.__version__}"
-    return os.path.join(base, version.replace("+", "_"))
-
-
 def init_distributed() -> DistInfo:
     """Join the launcher's process group (gloo on CPU, NCCL on CUDA); a plain ``python`` start
-    becomes a world of one. DeepSpeed's JIT-built ops are kept in ``extensions_dir()`` unless
-    ``TORCH_EXTENSIONS_DIR`` is set."""
+    becomes a world of one. DeepSpeed's JIT-built ops are kept in a folder of this environment's
+    (`extensions.use_extensions_dir`)."""
     import deepspeed
 
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
+    use_extensions_dir()
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
