@@ -45,16 +45,6 @@ def build_config(cls, task, args, flags: Sequence[Tuple[str, str]] = ()):
     return resolve_config(cls, args.config, overrides, task.recipes)
 
 
-@contextlib.contextmanager
-def exclusive(target: str, what: str) -> Iterator[None]:
-    """``target`` (an export folder or file, a shard folder) written by this command alone: a
-    second writer is refused in one line naming the holder (uniemox.claim)."""
-    from uniemox.claim import hold
-
-    with hold(target, what):
-        yield
-
-
 def train(cfg, task, args, **task_kwargs) -> None:
     """Trainer(cfg, task).fit() with the chosen DeepSpeed JSON."""
     from uniemox.train.trainer import Trainer

@@ -16,7 +16,8 @@ on top (finetune_sample.yaml ...). Validation after every epoch; the best weight
 then the test split is scored. Metrics: RUN_DIR/eval/*.json, *.png, TensorBoard. The run is
 uniemox.tasks.classify.ClassifyTask (or tasks.probe_grid.ProbeGridTask) driven by uniemox.train.trainer.Trainer.
 """
-from uniemox.launch.common import build_config, entry_point, exclusive, parse, run_parser, train
+from uniemox.claim import hold
+from uniemox.launch.common import build_config, entry_point, parse, run_parser, train
 
 
 def parse_args(argv=None):
@@ -56,7 +57,7 @@ def main(argv=None):
         from uniemox.tasks.probe_grid import ProbeGridTask
 
         if args.export:
-            with exclusive(args.export[1], "export"):
+            with hold(args.export[1], "export"):
                 export_classifier(*args.export)
         else:
             cfg = config_of(args)

@@ -10,7 +10,8 @@
 With no data.shards, the sample recipe applies (configs/pretrain_sample.yaml). The run is
 uniemox.tasks.pretrain.PretrainTask driven by uniemox.train.trainer.Trainer.
 """
-from uniemox.launch.common import build_config, entry_point, exclusive, parse, run_parser, train
+from uniemox.claim import hold
+from uniemox.launch.common import build_config, entry_point, parse, run_parser, train
 
 
 def parse_args(argv=None):
@@ -36,7 +37,7 @@ def main(argv=None):
         from uniemox.tasks.pretrain import PretrainTask, export_checkpoint
 
         if args.export:
-            with exclusive(args.export[1], "export"):
+            with hold(args.export[1], "export"):
                 export_checkpoint(*args.export)
         else:
             train(config_of(args), PretrainTask, args)

@@ -16,7 +16,8 @@ uniemox.tasks.clip_teacher.TeacherTask driven by uniemox.train.trainer.Trainer.
 import json
 import sys
 
-from uniemox.launch.common import build_config, entry_point, exclusive, parse, run_parser, train
+from uniemox.claim import hold
+from uniemox.launch.common import build_config, entry_point, parse, run_parser, train
 
 
 def parse_args(argv=None):
@@ -40,7 +41,7 @@ def main(argv=None):
         from uniemox.tasks.clip_teacher import TeacherTask, export_teacher_weights
 
         if args.export:
-            with exclusive(args.export[1], "export"):
+            with hold(args.export[1], "export"):
                 card = export_teacher_weights(*args.export)
             print(json.dumps({k: card[k] for k in ("weights", "model", "bytes")}, indent=1))
             return
